@@ -340,9 +340,8 @@ class Registry:
     @staticmethod
     def _mismatch(obj: object, group: str, problems: list[str]) -> str:
         protocol = GROUPS[group]
-        return f"{_value_of(obj)} does not satisfy edgefl.api.{protocol.__name__}: " + "; ".join(
-            problems
-        )
+        what = _value_of(obj) if inspect.isclass(obj) else f"the {_value_of(type(obj))} it made"
+        return f"{what} does not satisfy edgefl.api.{protocol.__name__}: " + "; ".join(problems)
 
     def create(self, group: str, name: str, /, *args: object, **kwargs: object) -> Any:
         """Load ``name`` and instantiate it as ``factory(*args, **kwargs)``.
