@@ -111,6 +111,10 @@ class ExecuTorchTrainer:
     def __init__(self, *, input_shape: Sequence[int] | None = None) -> None:
         self._input_shape = _check_input_shape(input_shape)
 
+    def warm_up(self) -> None:
+        """Import the runtime now (~3 s) rather than during the first task."""
+        import executorch.extension.training  # noqa: F401
+
     def train(self, task: TrainTask) -> TrainResult:
         """Run ``task.epochs`` epochs of SGD in the runtime; return ``trained - received``.
 
@@ -182,6 +186,10 @@ class EagerTrainer:
     def __init__(self, *, input_shape: Sequence[int] | None = None) -> None:
         self._input_shape = _check_input_shape(input_shape)
         self._modules: dict[str, torch.nn.Module] = {}
+
+    def warm_up(self) -> None:
+        """Import torch now rather than during the first task."""
+        import torch  # noqa: F401
 
     def _module(self, path: str) -> torch.nn.Module:
         module = self._modules.get(path)
