@@ -125,15 +125,13 @@ def _json_object(*, allow_null: bool, optional: bool = False) -> Any:
 
 
 def _str_keyed_mapping(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Validator: a mapping with ``str`` keys (values are checked elsewhere)."""
-    if not isinstance(value, Mapping):
+    """Validator: a ``dict`` with ``str`` keys (values are checked elsewhere)."""
+    if not isinstance(value, dict):
         raise TypeError(f"{attribute.name} must be an object, got {type(value).__name__}")
     for key in value:
         if type(key) is not str:
             raise TypeError(f"{attribute.name}: keys must be strings, got {key!r}")
 
-
-_EMPTY: Mapping[str, Any] = {}
 
 # ---------------------------------------------------------------------------------------------
 # shared
@@ -151,7 +149,7 @@ class Cookie:
     model_version: int = attrs.field(validator=_int_field(0))
     device_selection_id: int = attrs.field(validator=_int_field(0))
     extra: Mapping[str, object] = attrs.field(
-        default=_EMPTY, validator=_json_object(allow_null=False)
+        factory=dict, validator=_json_object(allow_null=False)
     )
 
     @extra.validator
@@ -175,7 +173,7 @@ class JobRequest:
 
     job_name: str = attrs.field(validator=_str_field())
     capabilities: Mapping[str, object] = attrs.field(
-        default=_EMPTY, validator=_json_object(allow_null=True)
+        factory=dict, validator=_json_object(allow_null=True)
     )
 
 
@@ -197,10 +195,8 @@ class RawResult:
     """
 
     kind: str = attrs.field(default="", validator=_str_field())
-    data: Mapping[str, object] = attrs.field(default=_EMPTY, validator=_str_keyed_mapping)
-    meta: Mapping[str, object] = attrs.field(
-        default=_EMPTY, validator=_json_object(allow_null=True)
-    )
+    data: Mapping[str, object] = attrs.field(factory=dict, validator=_str_keyed_mapping)
+    meta: Mapping[str, object] = attrs.field(factory=dict, validator=_json_object(allow_null=True))
 
 
 @attrs.frozen(kw_only=True)

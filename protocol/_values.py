@@ -11,7 +11,6 @@ deeper than Python's recursion limit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["INT64_MAX", "INT64_MIN", "UINT64_MAX", "check_json_object", "check_json_value"]
@@ -25,7 +24,8 @@ def check_json_value(value: object, *, where: str, allow_null: bool) -> None:
     """Raise ``TypeError``/``ValueError`` unless ``value`` is a JSON value both codecs can write.
 
     Allowed: ``str``, ``bool``, ``int`` in the signed/unsigned 64-bit range, finite ``float``,
-    ``list``/``tuple`` and mappings with ``str`` keys, recursively; ``None`` only when
+    ``list``/``tuple`` and ``dict`` with ``str`` keys, recursively (other mappings are refused:
+    the encoders only write dicts); ``None`` only when
     ``allow_null``. Containers that contain themselves are rejected.
 
     Args:
@@ -40,7 +40,7 @@ def check_json_value(value: object, *, where: str, allow_null: bool) -> None:
     while stack:
         item, path = stack.pop()
         kind = type(item)
-        if kind is str or kind is bool:
+        if kind is bool or isinstance(item, str):
             continue
         if kind is int:
             if not INT64_MIN <= item <= UINT64_MAX:  # type: ignore[operator]
@@ -60,8 +60,8 @@ def check_json_value(value: object, *, where: str, allow_null: bool) -> None:
         ident = id(item)
         if ident in on_path:
             raise ValueError(f"{path}: the value contains itself")
-        if isinstance(item, Mapping):
-            mapping: Mapping[Any, Any] = item
+        if isinstance(item, dict):
+            mapping: dict[Any, Any] = item
             on_path.add(ident)
             stack.append((_Leave(ident), path))
             for key, sub in mapping.items():
@@ -88,7 +88,7 @@ class _Leave:
 
 
 def check_json_object(value: object, *, where: str, allow_null: bool) -> None:
-    """Like :func:`check_json_value`, and ``value`` itself must be a mapping."""
-    if not isinstance(value, Mapping):
+    """Like :func:`check_json_value`, and ``value`` itself must be a ``dict``."""
+    if not isinstance(value, dict):
         raise TypeError(f"{where} must be an object, got {type(value).__name__}")
     check_json_value(value, where=where, allow_null=allow_null)
