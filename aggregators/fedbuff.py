@@ -129,9 +129,12 @@ def fedbuff_average(
             weight /= buffer.count
         total += buffer.count
         for name, s in buffer.sums.items():
-            scaled = weight * s.astype(np.float64)
+            scaled = np.multiply(s, weight, dtype=np.float64)
             previous = acc.get(name)
-            acc[name] = scaled if previous is None else previous + scaled
+            if previous is None:
+                acc[name] = scaled
+            else:
+                previous += scaled
     if total == 0:
         return {}
     divisor = {"count": float(total), "per_version": 1.0, "k": float(k or 1)}[normalization]
