@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import doctest
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
+import aggregators.fedasync
+import aggregators.fedbuff
 from aggregators._common import add_into, check_delta, check_number, server_step
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 
 def test_add_into_scales_in_place() -> None:
@@ -38,3 +46,10 @@ def test_check_number() -> None:
         check_number("x", True, low=0.0)
     with pytest.raises(ValueError, match=r"x must be in \[0.0, 1.0\]"):
         check_number("x", float("nan"), low=0.0, high=1.0)
+
+
+@pytest.mark.parametrize("module", [aggregators.fedbuff, aggregators.fedasync])
+def test_docstring_examples(module: ModuleType) -> None:
+    failed, attempted = doctest.testmod(module)
+    assert attempted > 0
+    assert failed == 0
