@@ -894,18 +894,19 @@ def weights_in_program(job: Any, program: bytes) -> Weights:
     """Read each parameter's float32 values out of a ``.pte`` patched from the job's template.
 
     Every version's program has the template's layout (weights are patched in place), so the
-    template's byte offsets locate the weights in any of them.
+    template's byte offsets (``job.template.slots``) locate the weights in any of them.
+
+    Raises:
+        SimulationError: the program is shorter than the template says.
     """
-    template = job.template
-    reader = getattr(template, "read_weights", None)
-    if callable(reader):
-        result: Weights = reader(program)
-        return result
     weights: Weights = {}
-    for entry in template.entries:
-        count = math.prod(entry.shape)
-        array = np.frombuffer(program, dtype="<f4", count=count, offset=entry.offset)
-        weights[entry.name] = array.reshape(entry.shape).astype(np.float32)
+    for slot in job.template.slots:
+        if slot.offset + slot.nbytes > len(program):
+            raise SimulationError(
+                f"the task program ({len(program)} bytes) does not hold parameter {slot.name}"
+            )
+        array = np.frombuffer(program, dtype="<f4", count=slot.nbytes // 4, offset=slot.offset)
+        weights[slot.name] = array.reshape(slot.shape).astype(np.float32)
     return weights
 
 

@@ -194,12 +194,12 @@ class EagerTrainer:
     def _module(self, path: str) -> torch.nn.Module:
         module = self._modules.get(path)
         if module is None:
-            import torch
+            from edgefl._export import load_inference_module
 
             try:
-                module = torch.export.load(path).module()
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise TrainerError(f"cannot load the exported model {path}: {exc}") from exc
+                module = load_inference_module(path, train=True)
+            except ValueError as exc:
+                raise TrainerError(str(exc)) from exc
             self._modules[path] = module
         return module
 
@@ -213,25 +213,16 @@ class EagerTrainer:
             raise TrainerError("the eager trainer needs TrainTask.weights and TrainTask.model_path")
         import torch
 
+        from edgefl._export import load_weights
+
         module = self._module(task.model_path)
-        params = dict(module.named_parameters())
-        expected = {_strip(n) for n in params}
-        if set(task.weights) != expected:
-            raise TrainerError(
-                f"task weights {sorted(task.weights)} do not match the model's parameters "
-                f"{sorted(expected)}"
-            )
+        try:
+            load_weights(module, task.weights)
+        except ValueError as exc:
+            raise TrainerError(str(exc)) from exc
+        params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         x, y = task_data(task, self._input_shape)
         started = time.perf_counter()
-        with torch.no_grad():
-            for name, p in params.items():
-                w = task.weights[_strip(name)]
-                if tuple(w.shape) != tuple(p.shape):
-                    raise TrainerError(
-                        f"weight {_strip(name)} has shape {tuple(w.shape)}, "
-                        f"the model expects {tuple(p.shape)}"
-                    )
-                p.copy_(torch.from_numpy(np.asarray(w, dtype=np.float32)))
         initial = {n: p.detach().clone() for n, p in params.items()}
         optimizer = torch.optim.SGD(params.values(), lr=task.lr, momentum=task.momentum)
         rng = np.random.default_rng(task.seed)

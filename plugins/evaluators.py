@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ClassificationEvaluator", "NoEvaluator"]
 
-_PREFIX = "net."
-
 
 def _job_path(job: object) -> Path:
     """The folder of a loaded job (``JobFolder.path``), or a path given directly."""
@@ -93,14 +91,12 @@ class ClassificationEvaluator:
 
     def _load(self) -> torch.nn.Module:
         if self._module is None:
-            import torch
+            from edgefl._export import load_inference_module
 
             try:
-                self._module = torch.export.load(str(self._model_path)).module()
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise ValueError(
-                    f"classification evaluator: cannot load {self._model_path}: {exc}"
-                ) from exc
+                self._module = load_inference_module(self._model_path, train=False)
+            except ValueError as exc:
+                raise ValueError(f"classification evaluator: {exc}") from exc
         return self._module
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
@@ -111,9 +107,11 @@ class ClassificationEvaluator:
         """
         import torch
 
+        from edgefl._export import load_weights
+
         with self._lock:
             module = self._load()
-            _load_weights(module, weights)
+            load_weights(module, weights)
             x, y = self._x, self._y
             n = int(y.shape[0])
             predictions = np.empty(n, dtype=np.int64)
@@ -181,23 +179,3 @@ def _load_eval_set(
         np.ascontiguousarray(x, dtype=np.float32),
         np.ascontiguousarray(y, dtype=np.int64),
     )
-
-
-def _load_weights(module: torch.nn.Module, weights: Weights) -> None:
-    import torch
-
-    params = dict(module.named_parameters())
-    expected = {n.removeprefix(_PREFIX) for n in params}
-    if set(weights) != expected:
-        missing = sorted(expected - set(weights))
-        extra = sorted(set(weights) - expected)
-        raise ValueError(f"weights do not match the model: missing {missing}, unexpected {extra}")
-    with torch.no_grad():
-        for name, p in params.items():
-            w = np.asarray(weights[name.removeprefix(_PREFIX)], dtype=np.float32)
-            if tuple(w.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"weight {name.removeprefix(_PREFIX)} has shape {tuple(w.shape)}, "
-                    f"the model expects {tuple(p.shape)}"
-                )
-            p.copy_(torch.from_numpy(w))

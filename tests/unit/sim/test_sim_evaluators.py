@@ -103,7 +103,7 @@ def test_classification_evaluator_errors_name_the_problem(
     evaluator = ClassificationEvaluator(job)
     with pytest.raises(ValueError, match=r"missing \['bias'\]"):
         evaluator.evaluate({"weight": _W})
-    with pytest.raises(ValueError, match="weight has shape"):
+    with pytest.raises(ValueError, match=r"weights\['weight'\] has shape \(2, 3\)"):
         evaluator.evaluate({"weight": _W.T.copy(), "bias": _B})
     with pytest.raises(ValueError, match=r"eval\.npz does not exist"):
         ClassificationEvaluator(types.SimpleNamespace(path=tmp_path))
