@@ -176,7 +176,9 @@ class Aggregator(Protocol):
 
     def aggregate(self, weights: Weights, current_version: int) -> Weights:
         """The next global weights: every key of ``weights`` (keys without contributions keep
-        their value), float32. Empties the buffers it consumed; ``weights`` is not modified."""
+        their value), float32. Empties the buffers it consumed; ``weights`` is not modified.
+        Raises ``ValueError``, keeping its buffers, when no usable result exists (a delta for a
+        tensor ``weights`` lacks, a value overflowing float32)."""
         ...
 
     def pending(self) -> int:
