@@ -109,6 +109,14 @@ class ExportError(Exception):
 # Program templates (numpy only)
 
 
+def _int_tuple(value: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(d) for d in value)
+
+
+def _slot_tuple(value: Sequence[ParamSlot]) -> tuple[ParamSlot, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class ParamSlot:
     """Where one trainable parameter's float32 data sits in a program.
@@ -121,7 +129,7 @@ class ParamSlot:
     """
 
     name: str
-    shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(d) for d in s))
+    shape: tuple[int, ...] = attrs.field(converter=_int_tuple)
     offset: int
     nbytes: int
 
@@ -156,7 +164,7 @@ class ProgramTemplate:
     """
 
     program: bytes = attrs.field(repr=lambda p: f"<{len(p)} bytes>")
-    slots: tuple[ParamSlot, ...] = attrs.field(converter=tuple)
+    slots: tuple[ParamSlot, ...] = attrs.field(converter=_slot_tuple)
     _by_name: dict[str, ParamSlot] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -933,7 +941,7 @@ def _strip_dropout(module: torch.nn.Module) -> None:
     BatchNorm is unaffected (only ``track_running_stats=False`` is exportable, which normalises
     with batch statistics in both modes).
     """
-    graph = module.graph  # type: ignore[union-attr]
+    graph: Any = module.graph
     changed = False
     for node in list(graph.nodes):
         if node.op == "call_function" and str(node.target) in _DROPOUT_OPS:

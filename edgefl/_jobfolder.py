@@ -25,6 +25,7 @@ TOML has no null: ``None`` settings are left out, except ``max_num_active_model_
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -34,7 +35,7 @@ import shutil
 import tempfile
 import tomllib
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -96,6 +97,10 @@ class JobFolderError(Exception):
 # JobSpec
 
 
+def _int_tuple(value: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(d) for d in value)
+
+
 def _table(value: object) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else value  # type: ignore[return-value]
 
@@ -121,11 +126,19 @@ class ParamSpec:
     """One trainable parameter: name (without ``net.``) and shape."""
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
-    shape: tuple[int, ...] = attrs.field(converter=lambda s: tuple(int(d) for d in s))
+    shape: tuple[int, ...] = attrs.field(converter=_int_tuple)
 
 
-def _shape(value: object) -> tuple[int, ...]:
-    return check_shape(value, "shape")
+def _input_shape(value: object) -> tuple[int, ...]:
+    return check_shape(value, "input_shape")
+
+
+def _output_shape(value: object) -> tuple[int, ...]:
+    return check_shape(value, "output_shape")
+
+
+def _param_tuple(value: Sequence[ParamSpec]) -> tuple[ParamSpec, ...]:
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -149,8 +162,8 @@ class JobSpec:
 
     name: str = attrs.field(validator=attrs.validators.instance_of(str))
     method: str = attrs.field(validator=attrs.validators.instance_of(str))
-    input_shape: tuple[int, ...] = attrs.field(converter=lambda v: check_shape(v, "input_shape"))
-    output_shape: tuple[int, ...] = attrs.field(converter=lambda v: check_shape(v, "output_shape"))
+    input_shape: tuple[int, ...] = attrs.field(converter=_input_shape)
+    output_shape: tuple[int, ...] = attrs.field(converter=_output_shape)
     model_manager: ModelManagerConfig = attrs.field(
         validator=attrs.validators.instance_of(ModelManagerConfig)
     )
@@ -159,12 +172,12 @@ class JobSpec:
     )
     device_wait_timeout: float | None = None
     device_training_params: dict[str, Any] = attrs.field(factory=dict, converter=_table)
-    aggregator: PluginSpec = attrs.field(factory=lambda: PluginSpec("fedbuff"))
-    selector: PluginSpec = attrs.field(factory=lambda: PluginSpec("random"))
-    evaluator: PluginSpec = attrs.field(factory=lambda: PluginSpec("none"))
+    aggregator: PluginSpec = attrs.field(factory=functools.partial(PluginSpec, "fedbuff"))
+    selector: PluginSpec = attrs.field(factory=functools.partial(PluginSpec, "random"))
+    evaluator: PluginSpec = attrs.field(factory=functools.partial(PluginSpec, "none"))
     eval_frequency: int = 1
     simulation: SimulationConfig | None = None
-    params: tuple[ParamSpec, ...] = attrs.field(default=(), converter=tuple)
+    params: tuple[ParamSpec, ...] = attrs.field(default=(), converter=_param_tuple)
 
     def __attrs_post_init__(self) -> None:
         if not self.name or not self.method:

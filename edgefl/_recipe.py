@@ -544,15 +544,15 @@ def _check_training_params(params: object, max_batch: int) -> dict[str, object]:
     check_json_table(params, "device_training_params")
     assert isinstance(params, Mapping)
     out = dict(params)
-    if "epoch" in out and (not _is_int(out["epoch"]) or int(out["epoch"]) < 1):  # type: ignore[call-overload]
+    if "epoch" in out and (not _is_int(out["epoch"]) or int(out["epoch"]) < 1):
         raise ValueError(
             f"device_training_params['epoch'] must be an integer >= 1, got {out['epoch']!r}"
         )
-    if "lr" in out and (not _is_number(out["lr"]) or out["lr"] <= 0):  # type: ignore[operator]
+    if "lr" in out and (not _is_number(out["lr"]) or out["lr"] <= 0):
         raise ValueError(f"device_training_params['lr'] must be a number > 0, got {out['lr']!r}")
     if "batch_size" in out:
         bs = out["batch_size"]
-        if not _is_int(bs) or not 1 <= int(bs) <= max_batch:  # type: ignore[call-overload]
+        if not _is_int(bs) or not 1 <= int(bs) <= max_batch:
             raise ValueError(
                 f"device_training_params['batch_size'] must be an integer in [1, {max_batch}]"
                 f" (input_shape[0] is the largest batch the program trains), got {bs!r}"
@@ -562,6 +562,10 @@ def _check_training_params(params: object, max_batch: int) -> dict[str, object]:
             f"device_training_params['method'] must be a string, got {out['method']!r}"
         )
     return {k: _normalise_json(v) for k, v in out.items()}
+
+
+def _normalise_table(table: Mapping[str, object]) -> dict[str, object]:
+    return {k: _normalise_json(v) for k, v in table.items()}
 
 
 def _normalise_json(value: object) -> object:
@@ -718,7 +722,7 @@ class ETFedBuffRecipe:
         self.selector = check_plugin_name(selector, "selector")
         if selector_args is not None:
             check_json_table(selector_args, "selector_args")
-        self.selector_args = _normalise_json(dict(selector_args or {}))
+        self.selector_args = _normalise_table(selector_args or {})
         if initial_ckpt is not None:
             self._load_ckpt(initial_ckpt)
         # Refuses what cannot train on a device (BatchNorm with running statistics, ...) and
@@ -744,7 +748,7 @@ class ETFedBuffRecipe:
                         f" config ({value!r}); set it in ModelManagerConfig only"
                     )
                 args[key] = value
-        return _normalise_json(args)  # type: ignore[return-value]
+        return _normalise_table(args)
 
     def _load_ckpt(self, path: str | Path) -> None:
         import torch
@@ -799,12 +803,20 @@ class ETFedBuffRecipe:
             evaluator=(
                 PluginSpec(name="none")
                 if ev is None
-                else PluginSpec(name=ev.evaluator, args=_normalise_json(dict(ev.evaluator_args)))  # type: ignore[arg-type]
+                else PluginSpec(name=ev.evaluator, args=_normalise_table(ev.evaluator_args))
             ),
             eval_frequency=1 if ev is None else ev.eval_frequency,
-            simulation=None if sim is None else SimulationConfig(**sim.settings()),
+            simulation=None if sim is None else attrs.evolve(sim, task_processor=None),
             params=tuple(ParamSpec(name=n, shape=s) for n, s in params),
         )
+
+    def run(self, folder: str | Path | None = None, **kwargs: Any) -> Any:
+        """Export the job (to ``folder``, or a temporary folder) and run it with simulated
+        devices over loopback HTTP; returns the simulation report. ``kwargs`` go to
+        ``edgefl._simulate.run_recipe`` (fleet overrides and simulation options)."""
+        from edgefl._simulate import run_recipe
+
+        return run_recipe(self, folder, **kwargs)
 
     def export(self, folder: str | Path) -> Path:
         """Export the model and write the self-contained job folder at ``folder``.
