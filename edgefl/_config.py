@@ -114,20 +114,6 @@ FIELDS: tuple[FieldSpec, ...] = (
         " (0.2: +-20 %%), so parked devices do not poll in lockstep",
     ),
     FieldSpec(
-        "task_timeout",
-        "float",
-        300.0,
-        "seconds a selected device may take from selection"
-        " to report before it loses its slot (the slot goes to another device)",
-    ),
-    FieldSpec(
-        "device_ttl",
-        "float",
-        900.0,
-        "seconds after its last request that an idle device"
-        " leaves the selection pool (it rejoins on its next poll)",
-    ),
-    FieldSpec(
         "finished_result",
         "choice",
         "done",
@@ -203,8 +189,6 @@ class Settings:
     max_body_bytes: int = 16 * MiB
     retry_wait: float = attrs.field(default=5.0, validator=_positive("retry_wait"))
     retry_jitter: float = 0.2
-    task_timeout: float = attrs.field(default=300.0, validator=_positive("task_timeout"))
-    device_ttl: float = attrs.field(default=900.0, validator=_positive("device_ttl"))
     finished_result: str = "done"
     selection_endpoint: bool = True
     fast_path: bool = True

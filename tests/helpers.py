@@ -1,0 +1,243 @@
+"""Shared test helpers: EDIP client headers exactly as the SDKs send them, and a driver for JobCore.
+
+The header builders reproduce EDIP §12: Android sends raw query strings in both info headers on
+every endpoint; iOS sends query strings on ``/job`` and JSON objects on ``/task`` and ``/result``
+(``{}`` for user info). :class:`CoreDriver` plays the job runtime's part around a
+:class:`~edgefl._job.JobCore` (commit every step to a real :class:`~edgefl._store.Store`, look up
+task records, publish payloads), so unit tests run the real core, plugins and SQLite without HTTP.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from aggregators.fedbuff import FedBuff
+from edgefl._job import JobConfig, JobCore
+from edgefl.api import AggregatorSettings
+from plugins.selectors import RandomSelector
+from protocol import (
+    Cookie,
+    RawResult,
+    ResultReport,
+    TaskReply,
+    encode_tensor_map,
+    parse_identity,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from edgefl._store import Store
+    from protocol import DeviceIdentity, ResultReply, TensorForm
+
+__all__ = [
+    "ANDROID_ID",
+    "IOS_ID",
+    "CoreDriver",
+    "android_headers",
+    "identity",
+    "ios_headers",
+    "result_body",
+]
+
+ANDROID_ID = "NVFlare_Android-8f14e45fceea167a"
+IOS_ID = "E621E1F8-C36C-495A-93FC-0C247A3E6E5F"
+
+
+def android_headers(device_id: str = ANDROID_ID) -> dict[str, str]:
+    """Android's headers (EDIP §12 V1/V4): raw, not percent-encoded query strings."""
+    user = device_id.removeprefix("NVFlare_Android-")
+    return {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Flare-Device-ID": device_id,
+        "X-Flare-Device-Info": f"device_id={device_id}&app_name=ExecuTorch Demo"
+        "&app_version=1.0&platform=android",
+        "X-Flare-User-Info": f"user_id={user}",
+    }
+
+
+def ios_headers(device_id: str = IOS_ID, *, endpoint: str = "task") -> dict[str, str]:
+    """iOS's headers (EDIP §2.2, §12 V2): query strings on ``/job``, JSON on the others."""
+    if endpoint == "job":
+        info = f"device_id={device_id}&platform=ios&app_version=1.0"
+        user = ""
+    else:
+        info = orjson.dumps(
+            {"app_version": "1.0", "device_id": device_id, "platform": "ios"}
+        ).decode()
+        user = "{}"
+    return {
+        "Content-Type": "application/json",
+        "X-Flare-Device-ID": device_id,
+        "X-Flare-Device-Info": info,
+        "X-Flare-User-Info": user,
+    }
+
+
+def identity(device_id: str, platform: str = "android") -> DeviceIdentity:
+    """The parsed identity of a device of ``platform`` (``android``, ``ios`` or ``generic``)."""
+    if platform == "android":
+        return parse_identity(android_headers(device_id))
+    if platform == "ios":
+        return parse_identity(ios_headers(device_id))
+    return parse_identity({"X-Flare-Device-ID": device_id})
+
+
+def result_body(
+    delta: Mapping[str, np.ndarray],
+    *,
+    form: TensorForm = "android",
+    cookie: Mapping[str, object] | None = None,
+) -> dict[str, Any]:
+    """A ``/result`` body as a device of ``form`` writes it (EDIP §6.2, §12 V4)."""
+    kind = "number" if form == "android" else "et_tensor_diff"
+    meta: dict[str, object]
+    if form == "ios":
+        meta = {"training_completed": True, "epochs": 1, "dataset": "app_cpp_dataset"}
+    else:
+        meta = {"learning_rate": 0.1, "batch_size": 1, "method": "xor", "epochs": 1}
+    body: dict[str, Any] = {
+        "result": {"kind": kind, "data": encode_tensor_map(delta, form), "meta": meta}
+    }
+    if cookie is not None:
+        body["cookie"] = dict(cookie)
+    return body
+
+
+class CoreDriver:
+    """Runs a JobCore the way JobRuntime does: every step is committed to a real Store.
+
+    Args:
+        store: where the job's state is committed.
+        schema: parameter name -> shape.
+        weights: the initial weights.
+        aggregator_args: extra FedBuff arguments (e.g. ``staleness``).
+        global_lr, k, max_model_history: FedBuff settings.
+        **config: JobConfig overrides (device_selection_size, task_timeout, ...).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        schema: Mapping[str, tuple[int, ...]],
+        weights: Mapping[str, np.ndarray],
+        global_lr: float = 1.0,
+        k: int = 3,
+        max_model_history: int | None = None,
+        staleness_weight: bool = False,
+        aggregator_args: Mapping[str, Any] | None = None,
+        folder: str = "/jobs/test",
+        seed: int = 0,
+        **config: Any,
+    ) -> None:
+        self.store = store
+        row, resumed = store.open_job(
+            folder=folder, fingerprint="fp", name="xor_et", schema=schema, now=0.0
+        )
+        self.job_id = row.job_id
+        self.resumed = resumed
+        selection_size = config.pop("device_selection_size", 8)
+        self.config = JobConfig(
+            job_id=row.job_id,
+            name="xor_et",
+            schema=dict(schema),
+            max_model_history=max_model_history,
+            device_selection_size=selection_size,
+            **{"min_devices_to_start": 1, "max_model_version": 10, **config},
+        )
+        self.aggregator = FedBuff(
+            AggregatorSettings(
+                num_updates_for_model=k,
+                global_lr=global_lr,
+                staleness_weight=staleness_weight,
+                max_model_history=max_model_history,
+                device_selection_size=selection_size,
+            ),
+            **(aggregator_args or {}),
+        )
+        counter = itertools.count(1)
+        self.core = JobCore(
+            self.config,
+            aggregator=self.aggregator,
+            selector=RandomSelector(),
+            initial_weights={k: np.asarray(v, dtype=np.float32) for k, v in weights.items()},
+            rng=random.Random(seed),
+            new_task_id=lambda: f"task-{next(counter)}",
+        )
+        if resumed:
+            self.core.restore(
+                version=row.current_version,
+                weights=store.read_version(row.job_id, row.current_version),
+                next_ticket=row.next_ticket,
+                finished=row.finished,
+                counters=row.counters,
+                aggregator_state=row.aggregator_state,
+                devices=store.devices(row.job_id),
+                pending=store.pending_updates(row.job_id),
+                now=0.0,
+            )
+        self.now = 0.0
+        self.core.start(self.now)
+        self.commit()
+        self.publish()
+
+    def commit(self) -> None:
+        self.store.commit(self.job_id, self.core.take_changes())
+        self.core.take_new_versions()
+
+    def publish(self) -> None:
+        """Make the latest version the one handed out (the runtime patches a program here)."""
+        self.core.set_payload(self.core.version, f"pte-v{self.core.version}")
+
+    def poll(
+        self, device_id: str, *, cookie: Cookie | None = None, platform: str = "android"
+    ) -> TaskReply:
+        reply = self.core.poll(identity(device_id, platform), cookie, self.now)
+        self.commit()
+        return reply
+
+    def task(self, device_id: str, *, platform: str = "android") -> TaskReply:
+        """Poll until the device gets a task (it must be selectable)."""
+        reply = self.poll(device_id, platform=platform)
+        if reply.task_id is None:
+            reply = self.poll(device_id, platform=platform)
+        assert reply.task_id is not None, reply
+        return reply
+
+    def report(
+        self,
+        device_id: str,
+        task_id: str,
+        delta: Mapping[str, Any],
+        *,
+        form: TensorForm = "android",
+        status: str = "OK",
+        data: Mapping[str, object] | None = None,
+    ) -> ResultReply:
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in delta.items()}
+        report = ResultReport(
+            job_id=self.job_id,
+            task_id=task_id,
+            task_name="train",
+            status=status,
+            result=RawResult(
+                kind="number", data=encode_tensor_map(arrays, form) if data is None else data
+            ),
+        )
+        record = None
+        if not self.core.owns_open_task(device_id, task_id):
+            record = self.store.task(self.job_id, task_id)
+        reply = self.core.report(device_id, report, record, self.now)
+        self.commit()
+        return reply
+
+    def tick(self, dt: float, *, sweep: bool = False) -> None:
+        self.now += dt
+        self.core.tick(self.now, sweep_devices=sweep)
+        self.commit()
