@@ -217,6 +217,18 @@ def _cbor_loads(body: bytes) -> object:
     return value
 
 
+def _refusal(exc: BaseException) -> BaseException:
+    """The refusal raised in one of our hooks, which cbor2 wraps in its own error, else ``exc``."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; bound it anyway
+        if seen is None:
+            break
+        if isinstance(seen, _RefusedTag):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
 def _cbor_default(encoder: cbor2.CBOREncoder, value: object) -> None:
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
         flat = np.ascontiguousarray(value, dtype="<f4").reshape(-1)
@@ -260,7 +272,7 @@ def _parse_body(
         try:
             value = _cbor_loads(body)
         except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, OverflowError) as exc:
-            raise error(f"body is not valid CBOR: {exc}") from None
+            raise error(f"body is not valid CBOR: {_refusal(exc)}") from None
     else:
         raise UnsupportedMediaType(
             f"unsupported Content-Type {kind!r}: send application/json or application/cbor"
