@@ -481,16 +481,13 @@ class JobCore:
             cookie=self._cookie_for(session, cookie),
         )
 
-    def _cookie_for(self, session: DeviceSession, cookie: Cookie | None) -> Cookie | None:
+    @staticmethod
+    def _cookie_for(session: DeviceSession, cookie: Cookie | None) -> Cookie | None:
         """The device's current cookie, sent on RETRY too (EDIP §5.3): the open task's while it
-        trains, else the one it sent, else a neutral one (ticket 0 never matches a real ticket)."""
+        trains, else the one it sent (iOS would otherwise drop it, R23)."""
         if session.task_version is not None and session.ticket is not None:
             return Cookie(model_version=session.task_version, device_selection_id=session.ticket)
-        if cookie is not None:
-            return cookie
-        if self.published_version > 0:
-            return Cookie(model_version=self.published_version, device_selection_id=0)
-        return None
+        return cookie
 
     def _touch(
         self,

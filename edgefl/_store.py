@@ -308,9 +308,13 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"state directory {self.root}: {e}") from None
         self._schemas: dict[str, dict[str, tuple[int, ...]]] = {}
+        self._closed = False
 
     def close(self) -> None:
-        """Checkpoint the WAL into the database file and close it."""
+        """Checkpoint the WAL into the database file and close it (again: no effect)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -455,7 +459,6 @@ class Store:
         """
         if not changes:
             return
-        schema = self._schemas[job_id]
         # Weights files first: a committed version row must always find its file.
         for change in changes:
             if isinstance(change, PutVersion):
@@ -511,7 +514,7 @@ class Store:
                                     change.version,
                                     change.num_samples,
                                     change.at,
-                                    _pack_delta(change.delta, schema),
+                                    _pack_delta(change.delta, self._schemas[job_id]),
                                 ),
                             )
                             db.execute(

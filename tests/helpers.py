@@ -9,12 +9,19 @@ task records, publish payloads), so unit tests run the real core, plugins and SQ
 
 from __future__ import annotations
 
+import atexit
+import functools
 import itertools
 import random
+import shutil
+import tempfile
+import tomllib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+import tomli_w
 
 from aggregators.fedbuff import FedBuff
 from edgefl._job import JobConfig, JobCore
@@ -38,11 +45,15 @@ if TYPE_CHECKING:
 __all__ = [
     "ANDROID_ID",
     "IOS_ID",
+    "XOR_X",
+    "XOR_Y",
     "CoreDriver",
     "android_headers",
     "identity",
     "ios_headers",
+    "job_variant",
     "result_body",
+    "xor_job",
 ]
 
 ANDROID_ID = "NVFlare_Android-8f14e45fceea167a"
@@ -241,3 +252,77 @@ class CoreDriver:
         self.now += dt
         self.core.tick(self.now, sweep_devices=sweep)
         self.commit()
+
+
+# --------------------------------------------------------------------------------------------------
+# Job folders
+
+XOR_X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+XOR_Y = np.array([0, 1, 1, 0], dtype=np.int64)
+
+
+@functools.cache
+def xor_job() -> Path:
+    """A job folder for the EDIP golden-vector XOR net (2 -> 4 -> sigmoid -> 2), exported once per
+    test process with ``ETFedBuffRecipe(...).export`` (about a second); use :func:`job_variant` to
+    get a copy with other settings."""
+    import torch
+    from torch import nn
+
+    from edgefl import (
+        DeviceManagerConfig,
+        DeviceModel,
+        ETFedBuffRecipe,
+        EvaluatorConfig,
+        ModelManagerConfig,
+    )
+
+    class XorNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear1 = nn.Linear(2, 4)
+            self.sigmoid = nn.Sigmoid()
+            self.linear2 = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear2(self.sigmoid(self.linear1(x)))
+
+    torch.manual_seed(7)
+    recipe = ETFedBuffRecipe(
+        job_name="xor_et",
+        device_model=DeviceModel(XorNet()),
+        input_shape=(1, 2),
+        output_shape=(1,),
+        model_manager_config=ModelManagerConfig(
+            global_lr=1.0, num_updates_for_model=2, max_model_version=3
+        ),
+        device_manager_config=DeviceManagerConfig(device_selection_size=2),
+        evaluator_config=EvaluatorConfig(dataset=(XOR_X, XOR_Y)),
+        device_training_params={"epoch": 3, "lr": 0.0001, "batch_size": 1},
+        method="xor",
+    )
+    root = Path(tempfile.mkdtemp(prefix="edgefl-test-jobs-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return recipe.export(root / "xor_et")
+
+
+def job_variant(
+    dest: Path,
+    *,
+    name: str | None = None,
+    model_manager: Mapping[str, object] | None = None,
+    device_manager: Mapping[str, object] | None = None,
+    evaluator: str | None = None,
+) -> Path:
+    """A copy of :func:`xor_job` at ``dest`` with some ``job.toml`` values changed."""
+    shutil.copytree(xor_job(), dest)
+    path = dest / "job.toml"
+    doc = tomllib.loads(path.read_text())
+    if name is not None:
+        doc["name"] = name
+    doc["model_manager"].update(model_manager or {})
+    doc["device_manager"].update(device_manager or {})
+    if evaluator is not None:
+        doc["evaluator"] = {"name": evaluator, "eval_frequency": 1, "args": {}}
+    path.write_text(tomli_w.dumps(doc))
+    return dest

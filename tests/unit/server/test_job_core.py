@@ -105,7 +105,7 @@ def test_first_selection_waits_for_min_devices_then_hands_out_tasks(store: Store
     assert first.status is Status.RETRY
     assert first.message == "Device not selected"
     assert first.retry_wait == 5  # seconds for iOS (EDIP §3.4)
-    assert first.cookie == Cookie(model_version=1, device_selection_id=0)
+    assert first.cookie is None  # it has none yet (EDIP §12 V2)
     second = d.poll("android-1")  # the second device completes the selection: task at once
     assert second.status is Status.OK
     assert second.retry_wait == 0
