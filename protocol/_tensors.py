@@ -267,6 +267,8 @@ def _shortest_float32_lists(array_: np.ndarray) -> Any:
     writes float32 arrays that way, and parsing that text back gives doubles that orjson writes
     the same short way again and that round back to exactly the same float32 values.
     """
+    if array_.ndim == 0:  # orjson writes arrays of one dimension or more; a 0-d one is a number
+        return orjson.loads(orjson.dumps(array_.reshape(1), option=orjson.OPT_SERIALIZE_NUMPY))[0]
     return orjson.loads(orjson.dumps(array_, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
@@ -290,7 +292,7 @@ def encode_tensor_map(
         arr = np.asarray(value)
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"tensor {name!r}: expected a float array, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        arr = np.array(arr, dtype=np.float32, order="C", copy=None)
         if not np.isfinite(arr).all():
             raise ValueError(f"tensor {name!r}: contains NaN or infinity")
         shape = list(arr.shape)

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import numpy as np
 import orjson
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import protocol
 from protocol import (
@@ -105,6 +106,9 @@ task_requests = st.builds(TaskRequest, job_id=ids, cookie=optional_cookies)
 selection_requests = st.builds(SelectionRequest, job_id=ids)
 
 
+finite_float32s = st.floats(width=32, allow_nan=False, allow_infinity=False)
+
+
 @st.composite
 def float32_tensors(draw: st.DrawFn) -> dict[str, np.ndarray]:
     """A small named set of finite float32 tensors (0-d to 3-d, empty dimensions included)."""
@@ -116,19 +120,16 @@ def float32_tensors(draw: st.DrawFn) -> dict[str, np.ndarray]:
             unique=True,
         )
     )
-    out: dict[str, np.ndarray] = {}
-    for name in names:
-        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
-        size = int(np.prod(shape, dtype=np.int64))
-        values = draw(
-            st.lists(
-                st.floats(width=32, allow_nan=False, allow_infinity=False),
-                min_size=size,
-                max_size=size,
+    return {
+        name: draw(
+            hnp.arrays(
+                np.float32,
+                hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+                elements=finite_float32s,
             )
         )
-        out[name] = np.array(values, dtype=np.float32).reshape(shape)
-    return out
+        for name in names
+    }
 
 
 tensor_forms = st.sampled_from(["android", "ios", "python"])
