@@ -345,8 +345,9 @@ class ProgramTemplate:
 
 def _deserialize(program: bytes) -> tuple[Any, int]:
     """The flatbuffer ``Program`` (segments left in place) and the segment base offset."""
-    from executorch.exir._serialize._flatbuffer_program import _flatbuffer_to_program
-    from executorch.exir._serialize._program import _get_extended_header
+    with _quiet():
+        from executorch.exir._serialize._flatbuffer_program import _flatbuffer_to_program
+        from executorch.exir._serialize._program import _get_extended_header
 
     header = _get_extended_header(program)
     if header is None:
@@ -373,9 +374,13 @@ def _quiet() -> Iterator[None]:
     """Silence the warnings torch/executorch internals emit during export (notes/EXECUTORCH.md):
     they are noise to a user, and with ``-W error`` they would abort the export."""
     with warnings.catch_warnings():
-        for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        for category in (FutureWarning, UserWarning):
             warnings.filterwarnings(
-                "ignore", category=category, module=r"(torch|executorch|torchao|copyreg)(\.|$)"
+                "ignore",
+                category=category,
+                module=r"(torch|executorch|torchao|copyreg|importlib)(\.|$)",
             )
         warnings.filterwarnings("ignore", message=r".*(LeafSpec|experimental|Experimental).*")
         yield
@@ -521,8 +526,11 @@ def _capture(
         raise ExportError(f"torch.export failed: {type(exc).__name__}: {text}") from exc
 
 
-def _joint(ep: Any) -> Any:
-    """``_export_forward_backward`` with the max-pool backward decomposed (see module doc)."""
+def _joint(ep: Any, *, decompose_max_pool_backward: bool = True) -> Any:
+    """``_export_forward_backward`` with the max-pool backward decomposed (see module doc).
+
+    ``decompose_max_pool_backward=False`` reproduces the upstream pipeline (and its bug); only
+    tests use it, to show that the gate refuses the result."""
     import torch
     from torch._decomp import core_aten_decompositions, decomposition_table
     from torch.export.experimental import (
@@ -532,8 +540,9 @@ def _joint(ep: Any) -> Any:
     from torch.export.exported_program import _decompose_exported_program
 
     table = dict(core_aten_decompositions())
-    op = torch.ops.aten.max_pool2d_with_indices_backward.default
-    table[op] = decomposition_table[op]
+    if decompose_max_pool_backward:
+        op = torch.ops.aten.max_pool2d_with_indices_backward.default
+        table[op] = decomposition_table[op]
     try:
         joint = _decompose_exported_program(
             ep,
@@ -584,11 +593,18 @@ def _lower(ep: Any) -> bytes:
 
 
 def _export_unchecked(
-    model: torch.nn.Module, input_shape: Sequence[int], output_shape: Sequence[int]
+    model: torch.nn.Module,
+    input_shape: Sequence[int],
+    output_shape: Sequence[int],
+    *,
+    decompose_max_pool_backward: bool = True,
 ) -> tuple[bytes, list[str]]:
     """The training program of ``model`` and the random operators it uses (no gate)."""
     with EXPORT_LOCK, _quiet():
-        joint = _joint(_capture(model, input_shape, output_shape))
+        joint = _joint(
+            _capture(model, input_shape, output_shape),
+            decompose_max_pool_backward=decompose_max_pool_backward,
+        )
         return _lower(joint), _random_ops(joint)
 
 
@@ -692,7 +708,8 @@ def export_job_artifacts(
 
 
 def _missing_kernels(program: bytes) -> list[str]:
-    from executorch.extension.pybindings.portable_lib import _get_operator_names
+    with _quiet():
+        from executorch.extension.pybindings.portable_lib import _get_operator_names
 
     registered = set(_get_operator_names())
     return sorted(
@@ -806,7 +823,8 @@ def verify_program(
             f"the ExecuTorch runtime has no kernel for {', '.join(missing)}, so the program"
             " cannot train on a device" + (": " + "; ".join(hints) if hints else "")
         )
-    from executorch.extension.training import _load_for_executorch_for_training_from_buffer
+    with _quiet():
+        from executorch.extension.training import _load_for_executorch_for_training_from_buffer
 
     max_batch = int(input_shape[0])
     sizes = list(batch_sizes) if batch_sizes is not None else sorted({max_batch, 1}, reverse=True)
