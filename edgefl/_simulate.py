@@ -33,6 +33,7 @@ runs the fleet until the job finishes and stops the server. :func:`run_recipe` i
 
 from __future__ import annotations
 
+import atexit
 import base64
 import concurrent.futures
 import contextlib
@@ -148,6 +149,12 @@ def _probability(instance: object, attribute: attrs.Attribute[Any], value: float
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value!r}")
 
 
+def _pair(value: Sequence[float]) -> tuple[float, float]:
+    if not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"delay must be (low, high) seconds, got {value!r}")
+    return (value[0], value[1])
+
+
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
@@ -192,7 +199,7 @@ class FleetConfig:
     platform_mix: Mapping[str, float] = attrs.field(
         factory=lambda: {"android": 0.5, "ios": 0.5}, validator=_check_mix
     )
-    delay: tuple[float, float] = attrs.field(default=(0.0, 0.0), converter=tuple)
+    delay: tuple[float, float] = attrs.field(default=(0.0, 0.0), converter=_pair)
     dropout: float = attrs.field(default=0.0, converter=float, validator=_probability)
     momentum: float = attrs.field(default=0.0, converter=float, validator=_non_negative)
 
@@ -239,12 +246,28 @@ def _spawn_without_main() -> Iterator[None]:
             main.__spec__ = saved
 
 
-def _worker_init() -> None:
-    """Runs once in each spawned worker: Ctrl-C is the parent's to handle; one thread each."""
+def _worker_init(log_path: str | None) -> None:
+    """Runs once in each spawned worker: Ctrl-C is the parent's to handle; one thread each;
+    output (the runtime's start-up chatter, tracebacks) to ``log_path`` when given."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Interpreter teardown with torch and ExecuTorch loaded takes seconds; a worker has nothing
+    # to clean up once the pool has collected its results, so it leaves without it.
+    atexit.register(_exit_now)
+    if log_path is not None:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     import torch
 
     torch.set_num_threads(1)
+
+
+def _exit_now() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 _WORKER_TRAINERS: dict[str, Any] = {}
@@ -315,6 +338,8 @@ class TrainerPool:
         args: the trainer's constructor arguments.
         num_workers: worker processes.
         dataset: data set spec every worker loads once at start (:func:`edgefl._data.load_dataset`).
+        log_path: a file that receives the workers' standard output and error (default: the
+            parent's).
 
     Raises:
         SimulationError: the trainer is not installed or refuses ``args`` (checked here, in the
@@ -328,6 +353,7 @@ class TrainerPool:
         *,
         num_workers: int = 2,
         dataset: str | None = None,
+        log_path: str | Path | None = None,
     ) -> None:
         from plugins._registry import TRAINERS, PluginError, Registry
 
@@ -347,6 +373,7 @@ class TrainerPool:
             max_workers=num_workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
+            initargs=(None if log_path is None else str(log_path),),
         )
         self._closed = False
 
@@ -431,6 +458,125 @@ class _Profile:
 _ANDROID_APP = "ExecuTorch Demo"
 
 
+def device_headers(kind: DeviceKind, device_id: str, endpoint: str) -> dict[str, str]:
+    """The headers a device of ``kind`` sends to ``/job``, ``/task`` or ``/result`` (EDIP §2).
+
+    Android: query-string info with a raw space in the app name, ``user_id=<hex>``. iOS: a query
+    string on ``/job`` but a JSON object on ``/task`` and ``/result``; user info ``""`` on
+    ``/job`` and ``"{}"`` after. ``python``: NVFlare's simulator (percent-encoded, literal
+    ``None`` values). ``cbor``: our client, asking for CBOR replies.
+    """
+    if kind == "android":
+        hex_id = device_id.removeprefix("NVFlare_Android-")
+        return {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Flare-Device-ID": device_id,
+            "X-Flare-Device-Info": f"device_id={device_id}&app_name={_ANDROID_APP}"
+            "&app_version=1.0&platform=android",
+            "X-Flare-User-Info": f"user_id={hex_id}",
+        }
+    if kind == "ios":
+        if endpoint == "job":
+            info = f"device_id={device_id}&platform=ios&app_version=1.0"
+            user = ""
+        else:
+            info = json.dumps(
+                {"device_id": device_id, "platform": "ios", "app_version": "1.0"},
+                separators=(",", ":"),
+            )
+            user = "{}"
+        return {
+            "Content-Type": "application/json",
+            "X-Flare-Device-ID": device_id,
+            "X-Flare-Device-Info": info,
+            "X-Flare-User-Info": user,
+        }
+    if kind == "python":
+        return {
+            "Content-Type": "application/json",
+            "X-Flare-Device-ID": device_id,
+            "X-Flare-Device-Info": "app_name=flare_mobile&app_version=1.0&platform=None"
+            "&platform_version=None",
+            "X-Flare-User-Info": "user_id=demo_id&user_name=demo_user&access_token=None"
+            "&auth_token=None&auth_session=None",
+        }
+    from protocol import CBOR_CONTENT_TYPE
+
+    return {
+        "Content-Type": CBOR_CONTENT_TYPE,
+        "Accept": CBOR_CONTENT_TYPE,
+        "X-Flare-Device-ID": device_id,
+        "X-Flare-Device-Info": f"device_id={device_id}&app_name=edgefl-sim&platform=generic",
+        "X-Flare-User-Info": "user_id=sim",
+    }
+
+
+def retry_seconds(kind: DeviceKind, retry_wait: int | None) -> float:
+    """How long a device of ``kind`` waits on ``RETRY`` (EDIP §3.4): Android reads milliseconds
+    (5000 when absent), every other client seconds (5 when absent)."""
+    if kind == "android":
+        return (5000 if retry_wait is None else retry_wait) / 1000.0
+    return float(5 if retry_wait is None else retry_wait)
+
+
+def training_params(
+    meta: Mapping[str, object], config: Mapping[str, object]
+) -> tuple[int, float, int]:
+    """Epochs, learning rate and batch size for a task: the task meta's ``total_epochs``,
+    ``learning_rate`` and ``batch_size`` first (EDIP §10.3), then the job config's ``epoch``,
+    ``lr`` and ``batch_size`` (§4.4), then 1, 0.01 and 1.
+
+    (The SDKs lose some of these on the way, R14/R17/R18; simulated devices train with what the
+    server meant.)
+    """
+
+    def pick(meta_key: str, config_key: str, default: float) -> float:
+        for source, key in ((meta, meta_key), (config, config_key)):
+            value = source.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+        return default
+
+    epochs = max(1, int(pick("total_epochs", "epoch", 1)))
+    lr = pick("learning_rate", "lr", 0.01)
+    batch_size = max(1, int(pick("batch_size", "batch_size", 1)))
+    return epochs, lr, batch_size
+
+
+def result_meta(
+    kind: DeviceKind,
+    task_meta: Mapping[str, object],
+    config: Mapping[str, object],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+) -> dict[str, object]:
+    """The result ``meta`` each kind of device reports (EDIP §6.2)."""
+    if kind == "android":
+        method = task_meta.get("method")
+        return {
+            "learning_rate": lr,
+            "batch_size": batch_size,
+            "method": method if isinstance(method, str) else "cnn",
+            "epochs": epochs,
+        }
+    if kind == "ios":
+        return {
+            "training_completed": True,
+            "timestamp": time.time(),
+            "epochs": epochs,
+            "learning_rate": lr,
+            "batch_size": batch_size,
+            "dataset": "app_cpp_dataset",
+            "architecture": "executorch_native",
+            "config_args": sorted(config) or "none",
+        }
+    if kind == "python":
+        return dict(task_meta)
+    return {}
+
+
 class _Device:
     """One simulated phone. Its behaviour per reply follows EDIP §3.3 for its platform."""
 
@@ -442,61 +588,6 @@ class _Device:
         self.job_id: str | None = None
         self.job_config: Mapping[str, object] = {}
         self.tasks_done = 0
-
-    # ---- wire details per platform --------------------------------------------------------------
-
-    def headers(self, endpoint: str) -> dict[str, str]:
-        p = self.p
-        kind = p.kind
-        if kind == "android":
-            hex_id = p.device_id.removeprefix("NVFlare_Android-")
-            return {
-                "Content-Type": "application/json; charset=utf-8",
-                "X-Flare-Device-ID": p.device_id,
-                "X-Flare-Device-Info": f"device_id={p.device_id}&app_name={_ANDROID_APP}"
-                "&app_version=1.0&platform=android",
-                "X-Flare-User-Info": f"user_id={hex_id}",
-            }
-        if kind == "ios":
-            if endpoint == "job":
-                info = f"device_id={p.device_id}&platform=ios&app_version=1.0"
-                user = ""
-            else:
-                info = json.dumps(
-                    {"device_id": p.device_id, "platform": "ios", "app_version": "1.0"},
-                    separators=(",", ":"),
-                )
-                user = "{}"
-            return {
-                "Content-Type": "application/json",
-                "X-Flare-Device-ID": p.device_id,
-                "X-Flare-Device-Info": info,
-                "X-Flare-User-Info": user,
-            }
-        if kind == "python":
-            return {
-                "Content-Type": "application/json",
-                "X-Flare-Device-ID": p.device_id,
-                "X-Flare-Device-Info": "app_name=flare_mobile&app_version=1.0&platform=None"
-                "&platform_version=None",
-                "X-Flare-User-Info": "user_id=demo_id&user_name=demo_user&access_token=None"
-                "&auth_token=None&auth_session=None",
-            }
-        from protocol import CBOR_CONTENT_TYPE
-
-        return {
-            "Content-Type": CBOR_CONTENT_TYPE,
-            "Accept": CBOR_CONTENT_TYPE,
-            "X-Flare-Device-ID": p.device_id,
-            "X-Flare-Device-Info": f"device_id={p.device_id}&app_name=edgefl-sim&platform=generic",
-            "X-Flare-User-Info": "user_id=sim",
-        }
-
-    def retry_seconds(self, retry_wait: int | None) -> float:
-        """``retry_wait`` in this platform's unit, with the SDK defaults when absent."""
-        if self.p.kind == "android":
-            return (5000 if retry_wait is None else retry_wait) / 1000.0
-        return float(5 if retry_wait is None else retry_wait)
 
     @property
     def cbor(self) -> bool:
@@ -510,7 +601,7 @@ class _Device:
             request_path(msg),
             params=request_query(msg),
             content=body,
-            headers=self.headers(endpoint),
+            headers=device_headers(self.p.kind, self.p.device_id, endpoint),
         )
 
     # ---- the session ---------------------------------------------------------------------------
@@ -552,7 +643,7 @@ class _Device:
                 fleet.stats.joined += 1
                 fleet.first_join.set()
                 return
-            await trio.sleep(self.retry_seconds(reply.retry_wait))
+            await trio.sleep(retry_seconds(self.p.kind, reply.retry_wait))
 
     async def http_error(self, endpoint: str, response: httpx.Response) -> None:
         stats = self.fleet.stats
@@ -592,7 +683,7 @@ class _Device:
                 continue
             if reply.status is Status.RETRY or reply.status is Status.NO_TASK:
                 stats.retries += 1
-                await trio.sleep(self.retry_seconds(reply.retry_wait))
+                await trio.sleep(retry_seconds(self.p.kind, reply.retry_wait))
                 continue
             if reply.status is Status.NO_JOB:
                 return "rejoin"
@@ -618,7 +709,7 @@ class _Device:
         meta = dict(task_data.meta)
         version = int(meta.get("model_version", 0) or 0)
         program = base64.b64decode(task_data.data, validate=True)
-        epochs, lr, batch_size = self.training_params(meta)
+        epochs, lr, batch_size = training_params(meta, self.job_config)
         started = trio.current_time()
         try:
             result = await fleet.train(
@@ -647,7 +738,9 @@ class _Device:
             result=RawResult(
                 kind="number" if self.p.kind == "android" else "et_tensor_diff",
                 data=data,
-                meta=self.result_meta(meta, epochs, lr, batch_size),
+                meta=result_meta(
+                    self.p.kind, meta, self.job_config, epochs=epochs, lr=lr, batch_size=batch_size
+                ),
             ),
             cookie=_cookie_from(self.cookie),
         )
@@ -666,49 +759,6 @@ class _Device:
         stats.reports_error += 1
         stats.note_error(f"{self.p.device_id} /result: {answer.status} {answer.message or ''}")
         return False
-
-    def training_params(self, meta: Mapping[str, object]) -> tuple[int, float, int]:
-        """Epochs, learning rate and batch size: task meta first, then the job config."""
-        config = self.job_config
-
-        def pick(meta_key: str, config_key: str, default: float) -> float:
-            for source, key in ((meta, meta_key), (config, config_key)):
-                value = source.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    return float(value)
-            return default
-
-        epochs = max(1, int(pick("total_epochs", "epoch", 1)))
-        lr = pick("learning_rate", "lr", 0.01)
-        batch_size = max(1, int(pick("batch_size", "batch_size", 1)))
-        return epochs, lr, batch_size
-
-    def result_meta(
-        self, task_meta: Mapping[str, object], epochs: int, lr: float, batch_size: int
-    ) -> dict[str, object]:
-        kind = self.p.kind
-        if kind == "android":
-            method = task_meta.get("method")
-            return {
-                "learning_rate": lr,
-                "batch_size": batch_size,
-                "method": method if isinstance(method, str) else "cnn",
-                "epochs": epochs,
-            }
-        if kind == "ios":
-            return {
-                "training_completed": True,
-                "timestamp": time.time(),
-                "epochs": epochs,
-                "learning_rate": lr,
-                "batch_size": batch_size,
-                "dataset": "app_cpp_dataset",
-                "architecture": "executorch_native",
-                "config_args": sorted(self.job_config) or "none",
-            }
-        if kind == "python":
-            return dict(task_meta)
-        return {}
 
 
 def _trainer_args(config: object) -> dict[str, object]:
@@ -980,12 +1030,12 @@ def _trainer_accepts(factory: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def fleet_config_from_spec(
-    simulation: Mapping[str, object] | None, **overrides: Any
-) -> FleetConfig:
-    """A :class:`FleetConfig` from a job folder's ``simulation`` settings (as
-    ``SimulationConfig.settings()`` stores them), with ``overrides`` (``None`` values ignored)."""
+def fleet_config_from_spec(simulation: Any, **overrides: Any) -> FleetConfig:
+    """A :class:`FleetConfig` from a job's ``SimulationConfig`` (or its ``settings()`` mapping,
+    or ``None``), with ``overrides`` (``None`` values ignored)."""
     fields: dict[str, Any] = {}
+    if simulation is not None and not isinstance(simulation, Mapping):
+        simulation = simulation.settings()
     sim = dict(simulation or {})
     for src, dst in (
         ("num_devices", "num_devices"),
@@ -1012,12 +1062,12 @@ async def simulate_job(
     *,
     state_dir: str | Path | None = None,
     retry_wait: float = 0.25,
-    task_timeout: float = 60.0,
     job_timeout: float = 60.0,
     listeners: Sequence[Listener] = (),
     progress: Any = None,
     stop: trio.Event | None = None,
     handle_sigint: bool = False,
+    worker_log: str | Path | None = None,
 ) -> SimulationReport:
     """Serve ``job_folder`` on ``127.0.0.1:0`` and run a simulated fleet until the job finishes.
 
@@ -1028,8 +1078,6 @@ async def simulate_job(
             ``None``); a state directory of an earlier run resumes that run.
         retry_wait: the server's ``retry_wait`` in seconds (Android is told milliseconds, iOS
             and generic clients whole seconds, at least 1).
-        task_timeout: seconds a selected device may take before its slot is given away (what
-            frees the slots of devices that drop out).
         job_timeout: give up when no device could join within this many seconds.
         listeners: called with every job event (``VersionPublished``, ``VersionEvaluated``,
             ``JobFinished`` of :mod:`edgefl._runtime`).
@@ -1037,6 +1085,7 @@ async def simulate_job(
         stop: set it to end the run early (the report then says ``finished=False``).
         handle_sigint: treat Ctrl-C as ``stop`` (main thread only): the run ends cleanly with
             what it has; a second Ctrl-C interrupts at once.
+        worker_log: a file for the training processes' output (default: this process's).
 
     Cancellation: cancelling stops the fleet, the server and the worker processes.
     """
@@ -1085,7 +1134,6 @@ async def simulate_job(
             port=0,
             state_dir=state,
             retry_wait=retry_wait,
-            task_timeout=task_timeout,
             seed=config.seed,
             log_level="warning",
         )
@@ -1098,7 +1146,11 @@ async def simulate_job(
         if "input_shape" not in trainer_args and _trainer_accepts(factory, "input_shape"):
             trainer_args["input_shape"] = list(spec.input_shape)
         pool = TrainerPool(
-            config.trainer, trainer_args, num_workers=config.num_workers, dataset=config.dataset
+            config.trainer,
+            trainer_args,
+            num_workers=config.num_workers,
+            dataset=config.dataset,
+            log_path=worker_log,
         )
         outcome: dict[str, Any] = {"finished": False, "error": None}
         fleet: Fleet | None = None
@@ -1137,6 +1189,9 @@ async def simulate_job(
                             listener(event)
 
                     runtime.subscribe(on_event)
+                    for row in _read_metrics(runtime.store.metrics_path(runtime.job_id)):
+                        if isinstance(row.get("accuracy"), int | float):  # evaluated before now
+                            last_accuracy[:] = [(int(row["version"]), float(row["accuracy"]))]
                     fleet = Fleet(
                         base_url=_base_url(handle),
                         job_name=spec.name,
@@ -1306,7 +1361,7 @@ def run_recipe(recipe: Any, folder: str | Path | None = None, **kwargs: Any) -> 
         folder: where to write the job folder (a temporary folder when ``None``).
         kwargs: :class:`FleetConfig` fields overriding the recipe's (``platform_mix``,
             ``delay``, ``dropout``, ...) and :func:`simulate_job` options (``state_dir``,
-            ``retry_wait``, ``task_timeout``, ``progress``, ...).
+            ``retry_wait``, ``progress``, ...).
 
     Raises:
         SimulationError: the recipe has no ``simulation_config`` and no fleet was given.
@@ -1320,7 +1375,7 @@ def run_recipe(recipe: Any, folder: str | Path | None = None, **kwargs: Any) -> 
         raise SimulationError(
             "recipe.run() needs a simulation_config=SimulationConfig(...) on the recipe"
         )
-    config = fleet_config_from_spec(None if sim is None else sim.settings(), **overrides)
+    config = fleet_config_from_spec(sim, **overrides)
     if sim is not None and "job_timeout" not in kwargs:
         kwargs["job_timeout"] = float(sim.job_timeout)
     with contextlib.ExitStack() as stack:
@@ -1404,13 +1459,6 @@ def add_fleet_arguments(parser: argparse.ArgumentParser, *, defaults: bool = Fal
         default=0.25,
         metavar="SECONDS",
         help="how long parked devices wait between polls (default: %(default)s)",
-    )
-    server.add_argument(
-        "--task-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="seconds before a silent device's slot is given away (default: %(default)s)",
     )
 
 
@@ -1510,7 +1558,6 @@ def run(args: argparse.Namespace) -> int:
                 config,
                 state_dir=args.state_dir,
                 retry_wait=args.retry_wait,
-                task_timeout=args.task_timeout,
                 progress=Progress(),
                 stop=stop,
                 handle_sigint=True,
