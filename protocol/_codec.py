@@ -170,6 +170,18 @@ class _RefusedTag(ValueError):
     pass
 
 
+class _TypedArray(np.ndarray):
+    """A decoded RFC 8746 typed array: a plain ndarray that refuses to be read as one float.
+
+    numpy converts a one-element array to a float (deprecated, with a warning), so a typed array
+    smuggled into a number list would pass ``array.array("f", list)`` in the tensor decoder. This
+    view type makes that a ``TypeError`` (hence an InvalidResult) instead. Zero-copy.
+    """
+
+    def __float__(self) -> float:
+        raise TypeError("a typed array cannot stand for a single number")
+
+
 def _refuse_semantic(_value: object, _immutable: bool) -> object:
     raise _RefusedTag("CBOR semantic tags are not allowed")
 
@@ -198,7 +210,7 @@ def _tag_hook(tag: cbor2.CBORTag, _immutable: bool) -> object:
             f"of {dtype.itemsize}-byte elements"
         )
     # Zero-copy: a read-only view of the byte string cbor2 just read.
-    return np.frombuffer(payload, dtype=dtype)
+    return np.frombuffer(payload, dtype=dtype).view(_TypedArray)
 
 
 def _cbor_loads(body: bytes) -> object:
@@ -210,6 +222,9 @@ def _cbor_loads(body: bytes) -> object:
         max_depth=_CBOR_MAX_DEPTH,
         allow_duplicate_keys=False,
         strict_hashable_types=True,
+        # One read of the whole body (a memcpy) instead of many small ones: ~20 % faster for an
+        # update. cbor2 seeks back over what it read ahead, so tell() below stays exact.
+        read_size=max(len(body), 1),
     )
     value = decoder.decode()
     if stream.tell() != len(body):
@@ -551,10 +566,17 @@ def _reply_obj(msg: Reply) -> dict[str, object]:
     raise TypeError(f"not a reply message: {type(msg).__name__}")
 
 
+def _json_default(value: object) -> object:
+    """orjson writes plain ndarrays only; hand it views of subclasses (decoded typed arrays)."""
+    if isinstance(value, np.ndarray):
+        return value.view(np.ndarray)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
 def _dumps(obj: object, *, cbor: bool) -> bytes:
     if cbor:
         return _cbor_dumps(obj)
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def encode_reply(msg: Reply, *, cbor: bool = False) -> bytes:

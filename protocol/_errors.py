@@ -69,9 +69,21 @@ class ProtocolError(Exception):
         self.message = self.default_message if message is None else message
         super().__init__(self.message)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Exceptions pickle as cls(*args); the keyword-only fields of some subclasses would be
+        # lost or fail, so rebuild from the instance dict (errors may cross process boundaries).
+        return (_restore, (type(self), self.message, self.__dict__.copy()))
+
     def to_body(self) -> ErrorBody:
         """The EDIP error body (``{"status": ..., "message": ...}``) for this error."""
         return ErrorBody(status=Status(self.edip_status), message=self.message)
+
+
+def _restore(cls: type[ProtocolError], message: str, state: dict[str, object]) -> ProtocolError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class MalformedRequest(ProtocolError):

@@ -204,6 +204,8 @@ def _decode_one(name: str, tensor: object, shape: tuple[int, ...]) -> np.ndarray
             f"tensor {_show(name)}: contains NaN or infinity (as float32)", tensor=name
         )
     values = values.reshape(shape)
+    if type(values) is not np.ndarray:  # a CBOR typed-array view: hand out the plain type
+        values = values.view(np.ndarray)
     values.flags.writeable = False
     return values
 

@@ -326,8 +326,29 @@ def test_cbor_typed_array_decodes_without_copy() -> None:
     assert isinstance(array, np.ndarray)
     assert array.dtype == np.float32
     assert not array.flags.owndata  # a view of the bytes cbor2 read
-    assert isinstance(array.base, bytes)
+    assert not array.flags.writeable
     np.testing.assert_array_equal(array, values)
+    decoded = protocol.decode_tensor_map(report.result.data, {"w": (3,)})["w"]
+    assert type(decoded) is np.ndarray
+    assert np.shares_memory(decoded, array)
+
+
+def test_cbor_typed_array_inside_a_number_list_is_refused() -> None:
+    one = cbor2.CBORTag(85, np.array([2.0], dtype="<f4").tobytes())
+    body = cbor({"result": {"data": {"w": {"sizes": [3], "data": [1.0, one, 3.0]}}}})
+    report = protocol.decode_result_report(Q, body, CBOR)
+    with pytest.raises(protocol.InvalidResult, match="only numbers"):
+        protocol.decode_tensor_map(report.result.data, {"w": (3,)})
+
+
+def test_cbor_decoded_report_re_encodes_as_json() -> None:
+    values = np.array([1.5, -2.25], dtype="<f4")
+    body = cbor(
+        {"result": {"data": {"w": {"sizes": [2], "data": cbor2.CBORTag(85, values.tobytes())}}}}
+    )
+    report = protocol.decode_result_report(Q, body, CBOR)
+    again = orjson.loads(protocol.encode_request(report))
+    assert again["result"]["data"]["w"] == {"sizes": [2], "data": [1.5, -2.25]}
 
 
 @pytest.mark.parametrize(

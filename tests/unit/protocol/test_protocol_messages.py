@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import types
 from typing import Any
 
@@ -328,3 +329,21 @@ def test_task_meta_validation(kwargs: dict[str, Any]) -> None:
         ValueError, match=next(iter(kwargs.keys() - {"model_version"}), "model_version")
     ):
         protocol.task_meta(Platform.ANDROID, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        protocol.MalformedRequest("m"),
+        protocol.MissingDeviceId(),
+        protocol.InvalidResult("bad", tensor="net.w"),
+        protocol.InvalidTransition(state=protocol.SessionState.GONE, event_type=protocol.Reported),
+        protocol.MalformedReply("r"),
+    ],
+)
+def test_errors_survive_pickling(error: protocol.ProtocolError) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert copy.message == error.message
+    assert str(copy) == str(error)
+    assert copy.__dict__ == error.__dict__
