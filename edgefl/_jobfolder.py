@@ -12,6 +12,7 @@
                     plus the program's size and SHA-256
     model.pt2       torch.export.save of the DeviceModel (dynamic batch): evaluation, eager training
     eval.npz        optional held-out data: x float32 [N, *input_shape[1:]], y int64 [N]
+    manifest.json   size and SHA-256 of each file above except job.toml
 
 :func:`write_job_folder` writes everything into a temporary folder beside the target, checks that
 it loads, then renames it into place, so a reader never sees half a job. :func:`load_job_folder`
@@ -72,8 +73,19 @@ __all__ = [
 ]
 
 FORMAT: Final = 1
-FILES: Final = ("job.toml", "weights.npz", "template.pte", "template.json", "model.pt2")
+FILES: Final = (
+    "job.toml",
+    "manifest.json",
+    "weights.npz",
+    "template.pte",
+    "template.json",
+    "model.pt2",
+)
 """The files every job folder has (``eval.npz`` is optional)."""
+
+_CHECKED: Final = ("weights.npz", "template.pte", "template.json", "model.pt2", "eval.npz")
+"""The files ``manifest.json`` records (size and SHA-256). ``job.toml`` is not among them: it is
+meant to be read and may be edited by hand; its content is validated instead."""
 
 
 class JobFolderError(Exception):
@@ -413,8 +425,9 @@ def _read(path: Path, file: str) -> bytes:
         raise JobFolderError(path, file, f"cannot be read: {exc}") from exc
 
 
-def _read_npz(path: Path, file: str) -> dict[str, np.ndarray]:
-    data = _read(path, file)
+def _read_npz(path: Path, file: str, data: bytes | None = None) -> dict[str, np.ndarray]:
+    if data is None:
+        data = _read(path, file)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
@@ -422,8 +435,10 @@ def _read_npz(path: Path, file: str) -> dict[str, np.ndarray]:
         raise JobFolderError(path, file, f"not a readable .npz archive: {exc}") from exc
 
 
-def _read_eval(path: Path, spec: JobSpec) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    arrays = _read_npz(path, "eval.npz")
+def _read_eval(
+    path: Path, spec: JobSpec, data: bytes | None = None
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    arrays = _read_npz(path, "eval.npz", data)
     if set(arrays) != {"x", "y"}:
         raise JobFolderError(path, "eval.npz", f"must hold arrays x and y, holds {sorted(arrays)}")
     x, y = arrays["x"], arrays["y"]
@@ -441,13 +456,70 @@ def _read_eval(path: Path, spec: JobSpec) -> tuple[npt.NDArray[np.float32], npt.
     return x, y
 
 
+def _manifest(files: Mapping[str, bytes]) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "files": {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in files.items()
+        },
+    }
+
+
+def _rewrite_manifest(folder: Path) -> None:
+    """Record a folder's current files in ``manifest.json`` (tests use it to build folders that
+    are consistent but wrong)."""
+    files = {n: (folder / n).read_bytes() for n in _CHECKED if (folder / n).is_file()}
+    _write(folder / "manifest.json", json.dumps(_manifest(files), indent=1).encode("utf-8"))
+
+
+def _read_checked(folder: Path) -> dict[str, bytes]:
+    """The files ``manifest.json`` records, each checked against its size and SHA-256."""
+    try:
+        manifest = json.loads(_read(folder, "manifest.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobFolderError(folder, "manifest.json", f"not valid JSON: {exc}") from exc
+    entries = manifest.get("files") if isinstance(manifest, Mapping) else None
+    if manifest.get("format") != FORMAT or not isinstance(entries, Mapping):
+        raise JobFolderError(folder, "manifest.json", f"not a format-{FORMAT} manifest")
+    unknown = sorted(set(entries) - set(_CHECKED))
+    if unknown:
+        raise JobFolderError(folder, "manifest.json", f"lists unknown files {unknown}")
+    files: dict[str, bytes] = {}
+    for name in _CHECKED:
+        entry = entries.get(name)
+        if entry is None:
+            if name != "eval.npz":
+                raise JobFolderError(folder, "manifest.json", f"does not list {name}")
+            if (folder / name).exists():
+                raise JobFolderError(folder, name, "present but not listed in manifest.json")
+            continue
+        if not isinstance(entry, Mapping) or set(entry) != {"bytes", "sha256"}:
+            raise JobFolderError(folder, "manifest.json", f"bad entry for {name}: {entry!r}")
+        data = _read(folder, name)
+        if len(data) != entry["bytes"]:
+            raise JobFolderError(
+                folder,
+                name,
+                f"{len(data)} bytes, manifest.json records {entry['bytes']}"
+                " (truncated or replaced)",
+            )
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise JobFolderError(
+                folder, name, "its SHA-256 differs from manifest.json (damaged or replaced)"
+            )
+        files[name] = data
+    return files
+
+
 def load_job_folder(path: str | Path, *, verify_program: bool = False) -> JobFolder:
     """Load and check a job folder; nothing is returned unless every file is sound.
 
-    Checks: ``job.toml`` parses and validates; ``weights.npz`` holds exactly the ``[[params]]``
+    Checks: ``job.toml`` parses and validates; every other file has the size and SHA-256 that
+    ``manifest.json`` records; ``weights.npz`` holds exactly the ``[[params]]``
     as float32 arrays of their shapes; ``template.pte`` has the size and SHA-256 recorded in
     ``template.json``, its parameter slots lie inside it, do not overlap, match ``[[params]]``,
-    and hold exactly the bytes of ``weights.npz``; ``model.pt2`` is an intact archive;
+    and hold exactly the bytes of ``weights.npz``; ``model.pt2`` is a zip archive;
     ``eval.npz`` (if present, and required by the ``classification`` evaluator) has the input
     shape. With ``verify_program`` the slots are also re-derived from the program's structure
     (imports executorch).
@@ -470,7 +542,8 @@ def load_job_folder(path: str | Path, *, verify_program: bool = False) -> JobFol
     if not spec.params:
         raise JobFolderError(folder, "job.toml", "no [[params]]: the job has nothing to train")
 
-    weights = _read_npz(folder, "weights.npz")
+    files = _read_checked(folder)
+    weights = _read_npz(folder, "weights.npz", files["weights.npz"])
     shapes = spec.param_shapes
     if set(weights) != set(shapes):
         raise JobFolderError(
@@ -487,13 +560,13 @@ def load_job_folder(path: str | Path, *, verify_program: bool = False) -> JobFol
             )
     weights = {name: weights[name] for name in shapes}  # program order
 
-    program = _read(folder, "template.pte")
+    program = files["template.pte"]
     try:
         _check_pte_header(program)
     except ValueError as exc:
         raise JobFolderError(folder, "template.pte", str(exc)) from exc
     try:
-        template_doc = json.loads(_read(folder, "template.json"))
+        template_doc = json.loads(files["template.json"])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JobFolderError(folder, "template.json", f"not valid JSON: {exc}") from exc
     if isinstance(template_doc, Mapping) and (
@@ -537,20 +610,11 @@ def load_job_folder(path: str | Path, *, verify_program: bool = False) -> JobFol
                 "its offsets are not where the program keeps its parameters",
             )
 
-    try:
-        with zipfile.ZipFile(folder / "model.pt2") as archive:
-            bad = archive.testzip()
-    except FileNotFoundError:
-        raise JobFolderError(folder, "model.pt2", "missing") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise JobFolderError(
-            folder, "model.pt2", f"not an intact torch.export archive: {exc}"
-        ) from exc
-    if bad is not None:
-        raise JobFolderError(folder, "model.pt2", f"damaged archive member {bad!r}")
+    if not zipfile.is_zipfile(io.BytesIO(files["model.pt2"])):
+        raise JobFolderError(folder, "model.pt2", "not a torch.export archive (zip)")
 
-    if (folder / "eval.npz").exists():
-        _read_eval(folder, spec)
+    if "eval.npz" in files:
+        _read_eval(folder, spec, files["eval.npz"])
     elif spec.evaluator.name == "classification":
         raise JobFolderError(folder, "eval.npz", "missing; the classification evaluator needs it")
     return JobFolder(path=folder, spec=spec, initial_weights=weights, template=template)
@@ -618,24 +682,26 @@ def write_job_folder(
         raise FileExistsError(f"{target} is a non-empty folder that is not a job folder")
     target.parent.mkdir(parents=True, exist_ok=True)
 
+    files = {
+        "weights.npz": _npz_bytes(arrays),
+        "template.pte": template.program,
+        "template.json": json.dumps(template.to_json(), indent=1).encode("utf-8"),
+        "model.pt2": inference_program,
+    }
+    if eval_data is not None:
+        x, y = eval_data
+        files["eval.npz"] = _npz_bytes(
+            {
+                "x": np.ascontiguousarray(x, dtype=np.float32),
+                "y": np.ascontiguousarray(y, dtype=np.int64),
+            }
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         _write(tmp / "job.toml", tomli_w.dumps(spec.to_toml_dict()).encode("utf-8"))
-        _write(tmp / "weights.npz", _npz_bytes(arrays))
-        _write(tmp / "template.pte", template.program)
-        _write(tmp / "template.json", json.dumps(template.to_json(), indent=1).encode("utf-8"))
-        _write(tmp / "model.pt2", inference_program)
-        if eval_data is not None:
-            x, y = eval_data
-            _write(
-                tmp / "eval.npz",
-                _npz_bytes(
-                    {
-                        "x": np.ascontiguousarray(x, dtype=np.float32),
-                        "y": np.ascontiguousarray(y, dtype=np.int64),
-                    }
-                ),
-            )
+        for name, data in files.items():
+            _write(tmp / name, data)
+        _write(tmp / "manifest.json", json.dumps(_manifest(files), indent=1).encode("utf-8"))
         _fsync_dir(tmp)
         load_job_folder(tmp)  # never publish a folder that does not load
         if target.exists():
