@@ -1204,6 +1204,8 @@ async def simulate_job(
                     async def run_fleet(fleet: Fleet) -> None:
                         with fleet_scope:
                             await fleet.run()
+                            if runtime.finished:
+                                return  # devices were told DONE; the last evaluation follows
                             # every device ended its session before the job finished
                             outcome["error"] = "every simulated device stopped: " + (
                                 "; ".join(fleet.stats.errors[:3]) or "no reason recorded"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -132,30 +133,37 @@ class ExecuTorchTrainer:
         x, y = task_data(task, self._input_shape)
         started = time.perf_counter()
         program = task.program  # the module borrows these bytes: keep them alive (use-after-free)
-        try:
-            module = _load_for_executorch_for_training_from_buffer(program)
-        except Exception as exc:  # the runtime raises plain RuntimeError with an error code
-            raise TrainerError(f"the ExecuTorch runtime cannot load the program: {exc}") from exc
         rng = np.random.default_rng(task.seed)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         initial: dict[str, torch.Tensor] | None = None
         optimizer: Any = None
         losses: list[float] = []
         samples = 0
-        for _ in range(task.epochs):
-            losses.clear()
-            samples = 0
-            for batch in _batches(len(y), task.batch_size, rng):
-                idx = torch.from_numpy(batch)
-                out = module.forward_backward("forward", (xt[idx], yt[idx]))
-                if initial is None:
-                    # named_parameters() only works after the first step; no update happened yet.
-                    params = module.named_parameters()
-                    initial = {k: v.detach().clone() for k, v in params.items()}
-                    optimizer = get_sgd_optimizer(params, task.lr, task.momentum, 0.0, 0.0, False)
-                optimizer.step(module.named_gradients())
-                losses.append(float(out[0]))
-                samples += int(batch.size)
+        try:  # the runtime reports every failure as a RuntimeError carrying an error code
+            with warnings.catch_warnings():
+                # ExecuTorch marks its Python training API experimental, with a warning per call.
+                warnings.filterwarnings("ignore", message=r".*experimental.*")
+                module = _load_for_executorch_for_training_from_buffer(program)
+            for _ in range(task.epochs):
+                losses.clear()
+                samples = 0
+                for batch in _batches(len(y), task.batch_size, rng):
+                    idx = torch.from_numpy(batch)
+                    out = module.forward_backward("forward", (xt[idx], yt[idx]))
+                    if initial is None:
+                        # named_parameters() works only after the first step (nothing updated yet)
+                        params = module.named_parameters()
+                        initial = {k: v.detach().clone() for k, v in params.items()}
+                        optimizer = get_sgd_optimizer(
+                            params, task.lr, task.momentum, 0.0, 0.0, False
+                        )
+                    optimizer.step(module.named_gradients())
+                    losses.append(float(out[0]))
+                    samples += int(batch.size)
+        except RuntimeError as exc:
+            raise TrainerError(
+                f"the ExecuTorch runtime failed on the task's program: {exc}"
+            ) from exc
         assert initial is not None
         final = module.named_parameters()
         delta: Weights = {
