@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import tomllib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,9 @@ __all__ = [
     "identity",
     "ios_headers",
     "job_variant",
+    "program_weights",
     "result_body",
+    "train_xor",
     "xor_job",
 ]
 
@@ -326,3 +329,56 @@ def job_variant(
         doc["evaluator"] = {"name": evaluator, "eval_frequency": 1, "args": {}}
     path.write_text(tomli_w.dumps(doc))
     return dest
+
+
+def train_xor(
+    program: bytes, *, steps: int = 4, lr: float = 0.1, offset: int = 0
+) -> dict[str, np.ndarray]:
+    """Train a received ``.pte`` the way a phone does, with ExecuTorch's training runtime: SGD over
+    the XOR samples (batch 1), ``steps`` steps starting at sample ``offset``.
+
+    Returns:
+        ``trained - received`` per parameter, names without ``net.`` (what a device reports).
+    """
+    import torch
+    from executorch.extension.training import (
+        _load_for_executorch_for_training_from_buffer,
+        get_sgd_optimizer,
+    )
+
+    with warnings.catch_warnings():  # "This API is experimental"
+        warnings.simplefilter("ignore")
+        module = _load_for_executorch_for_training_from_buffer(program)  # ``program`` stays alive
+    initial: dict[str, torch.Tensor] | None = None
+    optimizer = None
+    for step in range(steps):
+        i = (offset + step) % len(XOR_X)
+        x, y = torch.from_numpy(XOR_X[i : i + 1]), torch.from_numpy(XOR_Y[i : i + 1])
+        module.forward_backward("forward", (x, y))
+        params = module.named_parameters()  # only available after a first step
+        if initial is None:
+            initial = {k: v.detach().clone() for k, v in params.items()}
+            optimizer = get_sgd_optimizer(params, lr, 0.0, 0.0, 0.0, False)
+        assert optimizer is not None
+        optimizer.step(module.named_gradients())
+    assert initial is not None
+    final = module.named_parameters()
+    return {
+        k.removeprefix("net."): (final[k].detach() - initial[k]).numpy().astype(np.float32)
+        for k in initial
+    }
+
+
+def program_weights(program: bytes) -> dict[str, np.ndarray]:
+    """The weights inside a ``.pte`` as the ExecuTorch runtime sees them (without ``net.``)."""
+    import torch
+    from executorch.extension.training import _load_for_executorch_for_training_from_buffer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = _load_for_executorch_for_training_from_buffer(program)
+    module.forward_backward("forward", (torch.from_numpy(XOR_X[:1]), torch.from_numpy(XOR_Y[:1])))
+    return {
+        k.removeprefix("net."): v.detach().numpy().copy()
+        for k, v in module.named_parameters().items()
+    }
