@@ -369,11 +369,17 @@ def program_operators(program: bytes) -> set[str]:
 # Model checks (before export)
 
 
+_WARNINGS_LOCK: Final = threading.RLock()
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the warnings torch/executorch internals emit during export (notes/EXECUTORCH.md):
-    they are noise to a user, and with ``-W error`` they would abort the export."""
-    with warnings.catch_warnings():
+    they are noise to a user, and with ``-W error`` they would abort the export.
+
+    ``warnings.catch_warnings`` swaps process-wide state, so two threads interleaving it could
+    leave the filters changed for good; the lock keeps these sections one at a time."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         for category in (FutureWarning, UserWarning):
@@ -834,12 +840,17 @@ def verify_program(
         if not 1 <= batch <= max_batch:
             raise ValueError(f"batch size {batch} is outside 1..{max_batch}")
         x = torch.randn((batch, *input_shape[1:]), generator=generator)
-        loss, grads, logits = _eager_step(
-            model, x, torch.zeros((batch, *output_shape[1:]), dtype=torch.int64)
-        )
-        classes = int(logits.shape[1]) if logits is not None and logits.ndim == 2 else 1
-        y = torch.randint(0, classes, (batch, *output_shape[1:]), generator=generator)
-        loss, grads, logits = _eager_step(model, x, y)
+        try:
+            with torch.no_grad():
+                probe = model.net(x)
+            classes = int(probe.shape[1]) if probe.ndim == 2 else 1
+            y = torch.randint(0, classes, (batch, *output_shape[1:]), generator=generator)
+            loss, grads, logits = _eager_step(model, x, y)
+        except Exception as exc:  # the user's model may raise anything
+            raise ExportError(
+                f"PyTorch cannot train the model at batch {batch} ({type(exc).__name__}: {exc});"
+                f" devices may train any batch from 1 to input_shape[0] = {max_batch}"
+            ) from exc
         with _quiet():
             try:
                 module = _load_for_executorch_for_training_from_buffer(program)
@@ -925,7 +936,9 @@ def export_inference_program(
         data = buffer.getvalue()
         reloaded = torch.export.load(io.BytesIO(data)).module()
     if _random_ops_in_module(reloaded):
-        return data
+        # Dropout: compare in evaluation mode, the way the evaluator runs it.
+        _strip_dropout(reloaded)
+        reference.eval()
     x, y = _example_inputs(input_shape, output_shape)
     with torch.no_grad():
         want = reference(x, y)[0]
