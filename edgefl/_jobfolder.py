@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import numpy as np
-import tomli_w
 
 from edgefl._export import ProgramTemplate, _check_pte_header
 from edgefl._recipe import (
@@ -696,6 +695,8 @@ def write_job_folder(
                 "y": np.ascontiguousarray(y, dtype=np.int64),
             }
         )
+    import tomli_w  # writing only: the server reads job.toml with the standard tomllib
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         _write(tmp / "job.toml", tomli_w.dumps(spec.to_toml_dict()).encode("utf-8"))
