@@ -308,6 +308,12 @@ def _kind_name(value: object) -> str:
         return "a string"
     if isinstance(value, list | tuple):
         return "an array"
+    if isinstance(value, np.ndarray):
+        return "a typed array"
+    if isinstance(value, bytes | bytearray):
+        return "a byte string"
+    if value is cbor2.undefined:
+        return "undefined"
     return type(value).__name__
 
 
@@ -348,11 +354,11 @@ def _optional_str(
         if from_query is not None:
             return from_query
     value = body.get(key)
-    if value is None or value == "":
+    if value is None:
         return None
     if not isinstance(value, str):
         raise error(f"{key} must be a string, got {_kind_name(value)}")
-    return value
+    return value or None
 
 
 def _int_like(value: object, where: str, error: type[ProtocolError]) -> int:

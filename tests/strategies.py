@@ -12,6 +12,7 @@ import string
 from typing import Any
 from urllib.parse import urlencode
 
+import cbor2
 import numpy as np
 import orjson
 from hypothesis import strategies as st
@@ -285,6 +286,41 @@ header_maps = st.dictionaries(
 
 # ---------------------------------------------------------------------------------------------
 # bytes
+
+
+def _cbor_tag(child: st.SearchStrategy[Any]) -> st.SearchStrategy[cbor2.CBORTag]:
+    typed_array = st.builds(
+        cbor2.CBORTag,
+        st.sampled_from([64, 80, 81, 82, 83, 84, 85, 86, 87]),
+        st.binary(max_size=24),
+    )
+    any_tag = st.builds(
+        cbor2.CBORTag,
+        st.sampled_from([0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 37, 40, 256, 258, 55799, 1234]),
+        child,
+    )
+    return typed_array | any_tag
+
+
+cbor_values: st.SearchStrategy[Any] = st.recursive(
+    st.one_of(
+        json_scalars,
+        st.none(),
+        st.binary(max_size=16),
+        st.just(cbor2.undefined),
+        st.builds(cbor2.CBORSimpleValue, st.integers(0, 19) | st.integers(32, 255)),
+        st.floats(),
+        st.integers(min_value=-(2**64), max_value=2**64 - 1),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(texts | st.integers() | st.binary(max_size=4), children, max_size=4),
+        _cbor_tag(children),
+    ),
+    max_leaves=25,
+)
+"""CBOR data items JSON cannot express: bytes, undefined, simple values, NaN, big integers,
+non-string keys, semantic tags and typed arrays (well-formed or not)."""
 
 
 content_types = st.sampled_from(

@@ -13,7 +13,7 @@ from typing import Any
 import cbor2
 import numpy as np
 import orjson
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import protocol
@@ -79,6 +79,21 @@ def test_any_json_value(value: Any, query: Query, cbor: bool) -> None:
     content_type = protocol.media_type(cbor=cbor)
     decode_all(query, body, content_type)
     decode_replies(body, content_type)
+
+
+@given(
+    value=st.dictionaries(
+        st.sampled_from(["job_name", "capabilities", "cookie", "result", "job_id", "status"]),
+        sts.cbor_values,
+    )
+    | sts.cbor_values,
+    query=queries,
+)
+@example(value={"job_name": False, "job_id": cbor2.CBORTag(80, b"")}, query={})  # found by fuzzing
+def test_any_cbor_value(value: Any, query: Query) -> None:
+    body = cbor2.dumps(value)
+    decode_all(query, body, protocol.CBOR_CONTENT_TYPE)
+    decode_replies(body, protocol.CBOR_CONTENT_TYPE)
 
 
 @given(

@@ -390,6 +390,21 @@ def test_cbor_refusals(body: bytes, words: str) -> None:
     assert info.value.status_hint == 400
 
 
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (cbor2.CBORTag(80, b""), "job_id must be a string, got a typed array"),
+        (b"J", "job_id must be a string, got a byte string"),
+        (cbor2.undefined, "job_id must be a string, got undefined"),
+    ],
+)
+def test_cbor_non_strings_where_strings_belong(value: object, words: str) -> None:
+    body = cbor({"job_id": value})
+    with pytest.raises(MalformedRequest) as info:
+        protocol.decode_task_request({}, body, CBOR)
+    assert info.value.message == words
+
+
 def test_cbor_self_describe_tag_is_accepted() -> None:
     body = b"\xd9\xd9\xf7" + cbor({"job_name": "j"})
     assert protocol.decode_job_request(body, CBOR).job_name == "j"
