@@ -148,10 +148,14 @@ def wants_cbor(content_type: str | None, accept: str | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 # CBOR
 
-# Tags cbor2 would decode itself (found by probing cbor2 6.3); all refused except the
-# self-describe marker 55799, which is a no-op wrapper.
-_CBOR_BUILTIN_TAGS: Final = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258)
-_CBOR_BUILTIN_TAGS_MORE: Final = (260, 261, 1004)
+# Tags cbor2 would decode itself (found by probing cbor2 6.3: dates, bignums, decimals, shared
+# values, rationals, regexes, MIME, UUIDs, IP addresses, string references, sets, ...); all are
+# refused except the self-describe marker 55799, a no-op wrapper.
+_CBOR_BUILTIN_TAGS: Final = (
+    *(0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100),
+    *(256, 258, 260, 261, 1004),
+)
+_CBOR_SELF_DESCRIBE: Final = 55799
 _CBOR_MAX_DEPTH: Final = 64
 
 # RFC 8746 typed arrays of floats: tag -> numpy dtype.
@@ -182,8 +186,11 @@ class _TypedArray(np.ndarray):
         raise TypeError("a typed array cannot stand for a single number")
 
 
-def _refuse_semantic(_value: object, _immutable: bool) -> object:
-    raise _RefusedTag("CBOR semantic tags are not allowed")
+def _refuser(tag: int) -> Callable[[Any, bool], Any]:
+    def refuse(_value: object, _immutable: bool) -> object:
+        raise _RefusedTag(f"CBOR tag {tag} is not allowed")
+
+    return refuse
 
 
 def _self_describe(value: object, _immutable: bool) -> object:
@@ -191,8 +198,8 @@ def _self_describe(value: object, _immutable: bool) -> object:
 
 
 _SEMANTIC_DECODERS: Final[Mapping[int, Callable[[Any, bool], Any]]] = {
-    **{tag: _refuse_semantic for tag in (*_CBOR_BUILTIN_TAGS, *_CBOR_BUILTIN_TAGS_MORE)},
-    55799: _self_describe,
+    **{tag: _refuser(tag) for tag in _CBOR_BUILTIN_TAGS},
+    _CBOR_SELF_DESCRIBE: _self_describe,
 }
 
 
@@ -308,6 +315,8 @@ def _kind_name(value: object) -> str:
         return "a string"
     if isinstance(value, list | tuple):
         return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
     if isinstance(value, np.ndarray):
         return "a typed array"
     if isinstance(value, bytes | bytearray):
@@ -366,8 +375,14 @@ def _int_like(value: object, where: str, error: type[ProtocolError]) -> int:
     if type(value) is float and math.isfinite(value) and value.is_integer():
         value = int(value)
     if type(value) is not int or not 0 <= value <= INT64_MAX:
-        raise error(f"{where} must be a non-negative integer, got {value!r}")
+        raise error(f"{where} must be a non-negative integer, got {_brief(value)}")
     return value
+
+
+def _brief(value: object) -> str:
+    """``repr(value)`` cut to a readable length (values come from the device)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _parse_cookie(value: object, error: type[ProtocolError]) -> Cookie | None:
