@@ -88,8 +88,9 @@ def _int_list(value: object) -> tuple[int, ...] | None:
 
 
 def _check_dims(name: str, tensor: Mapping[str, object], shape: tuple[int, ...]) -> None:
-    """``sizes`` (or ``shape``) must equal the schema; ``shape`` and ``strides`` must agree."""
-    declared: dict[str, tuple[int, ...]] = {}
+    """``sizes`` and ``shape`` (whichever are sent, at least one) must equal the schema's shape;
+    ``strides``, if sent, must be the row-major strides of that shape."""
+    declared = False
     for key in ("sizes", "shape"):
         if key not in tensor:
             continue
@@ -105,7 +106,7 @@ def _check_dims(name: str, tensor: Mapping[str, object], shape: tuple[int, ...])
                 f"{list(shape)}",
                 tensor=name,
             )
-        declared[key] = dims
+        declared = True
     if not declared:
         raise InvalidResult(f"tensor {_show(name)}: missing sizes", tensor=name)
     if "strides" in tensor:
