@@ -194,4 +194,4 @@ class SessionMachine(RuleBasedStateMachine):
 
 
 TestSessionMachine = pytest.mark.slow(SessionMachine.TestCase)
-TestSessionMachine.settings = settings(stateful_step_count=80)
+TestSessionMachine.settings = settings(stateful_step_count=50)

@@ -121,6 +121,12 @@ def test_invalid_json_is_400(body: bytes) -> None:
     assert info.value.status_hint == 400
 
 
+def test_integers_that_overflow_a_double_are_400() -> None:
+    body = b'{"result": {"data": {"w": {"sizes": [1], "data": [1' + b"0" * 400 + b"]}}}}"
+    with pytest.raises(MalformedRequest, match="infinity"):
+        protocol.decode_result_report(Q, body, JSON)
+
+
 def test_body_may_be_bytearray_or_memoryview() -> None:
     data = b'{"job_name":"j"}'
     for body in (bytearray(data), memoryview(data)):
