@@ -340,16 +340,25 @@ def expiry_event(
 ) -> TicketExpired | DeviceExpired | None:
     """The expiry event due for ``session`` at ``now``, if any (EDIP §9.6, fixing R31).
 
-    A device silent for ``device_ttl`` seconds expires first; otherwise a ticket unused for
-    ``ticket_ttl`` (``SELECTED``) or a task unreported for ``task_ttl`` (``TRAINING``) expires.
-    Pass ``math.inf`` to disable one. Pure: the caller applies the result with :func:`step`.
+    A ticket unused for ``ticket_ttl`` seconds (``SELECTED``, counted from the selection) or a
+    task unreported for ``task_ttl`` (``TRAINING``, counted from the delivery) expires with
+    :class:`TicketExpired`; an ``AVAILABLE`` device silent for ``device_ttl`` expires with
+    :class:`DeviceExpired`. A device holding a ticket is judged by the ticket's deadline only
+    (devices do not poll while they train), so a silent one first falls back to ``AVAILABLE`` and
+    expires from there. Pass ``math.inf`` to disable a deadline. Pure: apply the result with
+    :func:`step`.
     """
-    if session.state is SessionState.GONE:
-        return None
-    if now - session.last_seen >= device_ttl:
-        return DeviceExpired(now=now)
-    if session.assigned_at is not None:
-        ttl = task_ttl if session.state is SessionState.TRAINING else ticket_ttl
-        if now - session.assigned_at >= ttl:
-            return TicketExpired(now=now)
+    match session.state:
+        case SessionState.AVAILABLE:
+            if now - session.last_seen >= device_ttl:
+                return DeviceExpired(now=now)
+        case SessionState.SELECTED | SessionState.TRAINING:
+            ttl = task_ttl if session.state is SessionState.TRAINING else ticket_ttl
+            assert session.assigned_at is not None  # guaranteed by DeviceSession's invariants
+            if now - session.assigned_at >= ttl:
+                return TicketExpired(now=now)
+        case SessionState.GONE:
+            pass
+        case _:
+            assert_never(session.state)
     return None

@@ -242,9 +242,16 @@ def test_unreported_task_expires_from_delivery() -> None:
     assert expiry(training(), 102.0) == TicketExpired(now=102.0)
 
 
-def test_silent_device_expires_first() -> None:
-    assert expiry(training(), 1002.0) == DeviceExpired(now=1002.0)
+def test_silent_available_device_expires() -> None:
+    assert expiry(available(), 999.9) is None
     assert expiry(available(), 1000.0) == DeviceExpired(now=1000.0)
+
+
+def test_a_ticket_holder_is_judged_by_its_deadline_only() -> None:
+    # Devices do not poll while they train: a long silence in TRAINING is the task's deadline.
+    assert expiry(training(), 5000.0) == TicketExpired(now=5000.0)
+    assert expiry(training(), 5000.0, task_ttl=math.inf) is None
+    assert expiry(selected(), 5000.0, ticket_ttl=math.inf) is None
 
 
 def test_infinite_ttls_disable_expiry() -> None:
