@@ -20,9 +20,9 @@ FedBuff as NVFlare runs it (FEDBUFF.md §3-§4), with the fixes of §9:
 * A device enters the pool by polling ``/task``. The selection is refilled whenever
   ``device_selection_size - |selection| >= min_hole_to_fill``; the very first fill waits until
   ``min_devices_to_start`` devices are usable (default: a full selection, as the reference). The
-  selector plugin picks among the usable devices (all of them, or a uniform sample of
-  :data:`MAX_CANDIDATES` when the pool is larger). ``device_reuse = false`` selects a device at
-  most once per job.
+  selector plugin picks among the usable devices (all of them, or a uniform random sample of
+  :data:`CANDIDATES_PER_SLOT` per free slot, at least :data:`MIN_CANDIDATES`, when the pool is
+  larger). ``device_reuse = false`` selects a device at most once per job.
 * Tickets come from one per-job counter that only grows, so a device never gets a ticket equal to
   one it had (its cookie's ``device_selection_id``), which is what froze the reference (R32).
 * A selected device's next poll gets a task with a fresh task id; the core records
@@ -95,8 +95,9 @@ if TYPE_CHECKING:
     from protocol import DeviceIdentity, ResultReport, SessionEvent
 
 __all__ = [
+    "CANDIDATES_PER_SLOT",
     "DISCARD_REASONS",
-    "MAX_CANDIDATES",
+    "MIN_CANDIDATES",
     "AggregatorFailure",
     "JobConfig",
     "JobCore",
@@ -105,9 +106,11 @@ __all__ = [
 
 _log = logging.getLogger("edgefl.job")
 
-MAX_CANDIDATES: Final = 4096
-"""Largest candidate list handed to the selector; bigger pools are sampled uniformly first, so a
-refill costs the same with 10 or 100,000 registered devices."""
+MIN_CANDIDATES: Final = 64
+CANDIDATES_PER_SLOT: Final = 8
+"""The selector is handed a uniform random sample of the usable devices: all of them when there
+are few, else ``max(MIN_CANDIDATES, CANDIDATES_PER_SLOT * free slots)``. A refill (one per report
+in asynchronous mode) then costs the same with 100 or 100,000 registered devices."""
 
 DISCARD_REASONS: Final = ("duplicate", "foreign", "expired", "stale", "invalid", "failed")
 """Why a report was not aggregated. ``invalid`` (unusable tensors) and ``failed`` (the device
@@ -204,6 +207,47 @@ def _session_data(session: DeviceSession, extra: _DeviceExtra) -> dict[str, obje
     }
 
 
+class _IndexedSet:
+    """A set of device ids that can also be sampled uniformly in O(sample size)."""
+
+    __slots__ = ("_index", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._index
+
+    def add(self, item: str) -> None:
+        if item not in self._index:
+            self._index[item] = len(self._items)
+            self._items.append(item)
+
+    def discard(self, item: str) -> None:
+        position = self._index.pop(item, None)
+        if position is None:
+            return
+        last = self._items.pop()
+        if position < len(self._items):
+            self._items[position] = last
+            self._index[last] = position
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._index.clear()
+
+    def sample(self, rng: random.Random, n: int) -> list[str]:
+        """All items (in insertion-dependent order) when there are at most ``n``, else ``n``
+        distinct items drawn uniformly with ``rng``."""
+        if len(self._items) <= n:
+            return list(self._items)
+        return rng.sample(self._items, n)
+
+
 @attrs.define
 class _DeviceExtra:
     """What the core keeps about a device beyond its session (for selectors and statistics)."""
@@ -260,7 +304,7 @@ class JobCore:
         self._sessions: dict[str, DeviceSession] = {}
         self._extra: dict[str, _DeviceExtra] = {}
         self._selected: set[str] = set()  # devices holding a ticket
-        self._usable: set[str] = set()  # may be selected now
+        self._usable = _IndexedSet()  # may be selected now
         self._next_ticket = 1
         self._counters: Counter[str] = Counter()
         self._changes: list[Change] = []
@@ -765,10 +809,8 @@ class JobCore:
         started = self._next_ticket > 1
         if not started and len(self._usable) < min(cfg.start_threshold, cfg.device_selection_size):
             return
-        pool = list(self._usable)
-        if len(pool) > MAX_CANDIDATES:
-            pool = self._rng.sample(pool, MAX_CANDIDATES)
-        pool.sort()  # the selector sees a deterministic order for a given rng state
+        wanted = max(MIN_CANDIDATES, CANDIDATES_PER_SLOT * holes)
+        pool = self._usable.sample(self._rng, wanted)
         candidates = [
             Candidate(
                 device_id=d,
