@@ -1,11 +1,11 @@
 """Decode one 62,006-parameter update (the CIFAR-10 example net) in every wire form, side by side.
 
-Run: ``python bench/bench_decode.py [--repeat N]``. Prints the best and median time per decode in
-milliseconds. "full decode" is what the server does per ``/result``: ``decode_result_report`` (body
-parse, envelope checks) plus ``decode_tensor_map`` (schema checks, float32 arrays). The stdlib rows
-are the baseline DESIGN.md compares against: ``json.loads`` followed by ``np.array(list, float32)``
-per tensor, with no validation at all. The "list → float32" rows compare ways to convert the
-already-parsed lists (the step after the parse).
+Run: ``python bench/bench_decode.py [--repeat N] [--wall]``. Prints the best and median time per
+decode in milliseconds (process CPU time unless ``--wall``). "full decode" is what the server does
+per ``/result``: ``decode_result_report`` (body parse, envelope checks) plus ``decode_tensor_map``
+(schema checks, float32 arrays). The stdlib rows are the baseline DESIGN.md compares against:
+``json.loads`` followed by ``np.array(list, float32)`` per tensor, with no validation at all. The
+"list → f32" rows compare ways to convert the already-parsed lists (the step after the parse).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ QUERY = {"job_id": "J", "task_id": "T", "task_name": "train"}
 CBOR_TYPE = protocol.CBOR_CONTENT_TYPE
 
 
-def _time(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+def _time(fn: Callable[[], object], repeat: int, clock: Callable[[], float]) -> tuple[float, float]:
     fn()  # warm up
     samples = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        samples.append(time.perf_counter() - start)
+        samples.append(clock() - start)
     return min(samples) * 1e3, statistics.median(samples) * 1e3
 
 
@@ -69,8 +69,15 @@ def _body(form: protocol.TensorForm, weights: dict[str, np.ndarray]) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument(
+        "--wall",
+        action="store_true",
+        help="time with the wall clock instead of this process's CPU time (the default, which "
+        "other processes on a busy machine disturb less)",
+    )
     args = parser.parse_args()
     repeat: int = args.repeat
+    clock = time.perf_counter if args.wall else time.process_time
 
     rng = np.random.default_rng(0)
     weights = {
@@ -142,11 +149,12 @@ def main() -> None:
     ]
     print(f"{count:,} parameters; body sizes: ", end="")
     print(", ".join(f"{form} {len(body) / 1e6:.2f} MB" for form, body in bodies.items()))
-    print(f"content type for JSON rows: {json_type!r}; best / median of {repeat} runs, ms")
+    clock_name = "wall clock" if args.wall else "process CPU time"
+    print(f"JSON rows sent as {json_type!r}; {clock_name}, best / median of {repeat} runs, ms")
     print(f"{'':<42} {'best':>8} {'median':>8}")
     results = {}
     for label, fn in rows:
-        best, median = _time(fn, repeat)
+        best, median = _time(fn, repeat, clock)
         results[label] = best
         print(f"{label:<42} {best:8.3f} {median:8.3f}")
     for body_label, full_label, stdlib_label in (
