@@ -519,7 +519,7 @@ def _capture(
     x, y = _example_inputs(input_shape, output_shape)
     try:
         return torch.export.export(
-            model, (x, y), dynamic_shapes=_dynamic_shapes(input_shape), strict=False
+            model, (x, y), dynamic_shapes=_dynamic_shapes(input_shape), strict=True
         )
     except Exception as exc:
         text = str(exc)

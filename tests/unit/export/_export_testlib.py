@@ -19,19 +19,26 @@ IMAGE = (3, 12, 12)
 
 
 class MLP(nn.Module):
-    """Three linear layers whose biases start at zero: two of them have the same shape, so a plain
-    export stores them in one buffer."""
+    """Linear layers whose biases all start at zero (so a plain export stores the equal ones
+    once), one weight shared by two layers (one parameter, one slot) and a frozen weight (not a
+    parameter of the job: it keeps its value)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(12, 16)
         self.fc2 = nn.Linear(16, 16)
-        self.fc3 = nn.Linear(16, 4)
-        for layer in (self.fc1, self.fc2, self.fc3):
+        self.fc3 = nn.Linear(16, 16)
+        self.fc3.weight = self.fc2.weight
+        self.frozen = nn.Linear(16, 16)
+        self.frozen.weight.requires_grad_(False)
+        self.head = nn.Linear(16, 4)
+        for layer in (self.fc1, self.fc2, self.fc3, self.frozen, self.head):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+        x = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        x = torch.relu(self.frozen(torch.relu(self.fc3(x))))
+        return self.head(x)
 
 
 class PoolCNN(nn.Module):

@@ -47,7 +47,9 @@ def test_loaded_module_trains_with_autograd_from_given_weights(
 ) -> None:
     model, path = mlp_pt2
     weights = {
-        n.removeprefix("net."): p.detach().numpy() + 0.25 for n, p in model.named_parameters()
+        n.removeprefix("net."): p.detach().numpy() + 0.25
+        for n, p in model.named_parameters()
+        if p.requires_grad
     }
     module = load_inference_module(path, weights, train=True)
     reference = model_with(model, weights)
@@ -61,13 +63,20 @@ def test_loaded_module_trains_with_autograd_from_given_weights(
     trained = dict(module.named_parameters())
     for name, p in reference.named_parameters():
         torch.testing.assert_close(trained[name], p, rtol=1e-5, atol=1e-6)
-        assert not np.array_equal(p.detach().numpy(), weights[name.removeprefix("net.")])
+        if p.requires_grad:
+            assert not np.array_equal(p.detach().numpy(), weights[name.removeprefix("net.")])
+        else:  # the frozen layer
+            assert torch.equal(p, dict(model.named_parameters())[name])
 
 
 def test_load_weights_names_what_does_not_fit(mlp_pt2: tuple[DeviceModel, Path]) -> None:
     _, path = mlp_pt2
     module = load_inference_module(path)
-    shapes = {n.removeprefix("net."): tuple(p.shape) for n, p in module.named_parameters()}
+    shapes = {
+        n.removeprefix("net."): tuple(p.shape)
+        for n, p in module.named_parameters()
+        if p.requires_grad
+    }
     good = {n: torch.zeros(s).numpy() for n, s in shapes.items()}
     with pytest.raises(ValueError, match=r"missing \['fc1.bias'\]"):
         load_weights(module, {k: v for k, v in good.items() if k != "fc1.bias"})

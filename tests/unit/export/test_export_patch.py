@@ -47,7 +47,7 @@ def test_template_offsets_come_from_the_program_structure(
     relocated = ProgramTemplate.from_program(job.template.program)
     assert relocated.slots == job.template.slots
     assert list(job.template.param_shapes) == [
-        n.removeprefix("net.") for n, p in job.model.named_parameters()
+        n.removeprefix("net.") for n, p in job.model.named_parameters() if p.requires_grad
     ]
     # Every parameter has its own bytes, and they hold the initial weights.
     spans = sorted((s.offset, s.offset + s.nbytes) for s in job.template.slots)
@@ -62,10 +62,20 @@ def test_zero_biases_are_shared_by_a_plain_export_but_not_by_the_template(
     templates: Callable[[str], Exported],
 ) -> None:
     job = templates("mlp")
-    assert not job.weights["fc1.bias"].any()
-    assert not job.weights["fc2.bias"].any()
-    # A plain export of the same weights (here in a worker thread) stores the two equal
-    # 16-float zero biases once...
+    # Tied: fc3.weight is fc2.weight (one parameter); frozen.weight does not train.
+    assert list(job.weights) == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+        "fc3.bias",
+        "frozen.bias",
+        "head.weight",
+        "head.bias",
+    ]
+    assert not any(job.weights[n].any() for n in job.weights if n.endswith("bias"))
+    # A plain export of the same weights (here in a worker thread) stores the equal 16-float
+    # zero biases once...
     result: list[bytes] = []
     worker = threading.Thread(
         target=lambda: result.append(
@@ -135,14 +145,14 @@ def test_patching_zero_weights_into_the_template(templates: Callable[[str], Expo
 def test_patch_refuses_weights_that_do_not_fit(templates: Callable[[str], Exported]) -> None:
     template = templates("mlp").template
     good = weights_like(template, seed=2)
-    with pytest.raises(ValueError, match=r"missing \['fc3.bias'\]"):
-        template.patch({k: v for k, v in good.items() if k != "fc3.bias"})
-    with pytest.raises(ValueError, match=r"unexpected \['extra'\]"):
-        template.patch({**good, "extra": good["fc3.bias"]})
+    with pytest.raises(ValueError, match=r"missing \['head.bias'\]"):
+        template.patch({k: v for k, v in good.items() if k != "head.bias"})
+    with pytest.raises(ValueError, match=r"unexpected \['fc3.weight'\]"):
+        template.patch({**good, "fc3.weight": good["fc2.weight"]})  # tied: not a second slot
     with pytest.raises(ValueError, match=r"weights\['fc1.weight'\] has shape \(12, 16\)"):
         template.patch({**good, "fc1.weight": good["fc1.weight"].T.copy()})
-    with pytest.raises(ValueError, match=r"weights\['fc3.bias'\] must be a float"):
-        template.patch({**good, "fc3.bias": np.zeros(4, dtype=np.int64)})
+    with pytest.raises(ValueError, match=r"weights\['head.bias'\] must be a float"):
+        template.patch({**good, "head.bias": np.zeros(4, dtype=np.int64)})
     # float64 is accepted and stored as float32.
     as64 = {k: v.astype(np.float64) for k, v in good.items()}
     assert template.patch(as64) == template.patch(good)
