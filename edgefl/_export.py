@@ -397,6 +397,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def _refuse_unsupported_layers(model: torch.nn.Module) -> None:
+    import torch
     from torch import nn
     from torch.nn.modules.batchnorm import _NormBase
 
@@ -414,24 +415,17 @@ def _refuse_unsupported_layers(model: torch.nn.Module) -> None:
                 " has no avg_pool backward kernel). Use MaxPool2d, a strided Conv2d, or"
                 " AdaptiveAvgPool2d(1) for global average pooling"
             )
-    for pname, p in model.named_parameters():
+    for pname, p in _trainable(model).items():
         if not pname.startswith(PREFIX):
-            if p.requires_grad:
-                raise ExportError(
-                    f"trainable parameter {pname!r} is outside device_model.net; every trainable"
-                    " parameter must belong to the wrapped network"
-                )
-        elif p.dtype != _torch().float32:
+            raise ExportError(
+                f"trainable parameter {pname!r} is outside device_model.net; every trainable"
+                " parameter must belong to the wrapped network"
+            )
+        if p.dtype != torch.float32:
             raise ExportError(
                 f"parameter {pname!r} is {p.dtype}; device programs train float32 weights"
                 " (call net.float())"
             )
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
 
 
 def _example_inputs(

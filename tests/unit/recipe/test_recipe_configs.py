@@ -273,6 +273,17 @@ def test_job_spec_toml_round_trip(
 # The recipe's argument checks
 
 
+class WithOwnParameter(DeviceModel):
+    """A trainable parameter outside ``net``: devices would train it, but it has no home."""
+
+    def __init__(self) -> None:
+        super().__init__(Tiny())
+        self.temperature = nn.Parameter(torch.ones(()))
+
+    def compute_loss(self, outputs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs / self.temperature, label)
+
+
 def _recipe(**overrides: Any) -> ETFedBuffRecipe:
     kwargs: dict[str, Any] = {
         "job_name": "tiny",
@@ -345,6 +356,8 @@ def test_a_valid_recipe_builds_its_spec() -> None:
             ExportError,
             "BatchNorm",
         ),
+        ({"device_model": DeviceModel(Tiny().double())}, ExportError, "torch.float64"),
+        ({"device_model": WithOwnParameter()}, ExportError, "'temperature' is outside"),
     ],
 )
 def test_bad_recipe_arguments_fail_at_construction(
