@@ -73,13 +73,13 @@ def test_policy_file_errors_name_the_file_and_the_problem(
 ) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(text)
-    with pytest.raises(AccessPolicyError, match="tokens.toml") as e:
+    with pytest.raises(AccessPolicyError, match=r"tokens\.toml") as e:
         AccessPolicy.from_file(path)
     assert problem in str(e.value)
 
 
 def test_missing_policy_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(AccessPolicyError, match="nope.toml"):
+    with pytest.raises(AccessPolicyError, match=r"nope\.toml"):
         AccessPolicy.from_file(tmp_path / "nope.toml")
 
 
