@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "load_job_folder": "edgefl._jobfolder",
     "JobFolderError": "edgefl._jobfolder",
     "ExportError": "edgefl._export",
+    "DefaultGlobalLRWarning": "edgefl._recipe",
 }
 
 __all__ = sorted(_LAZY)
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from edgefl._jobfolder import JobFolderError, load_job_folder
     from edgefl._model import DeviceModel
     from edgefl._recipe import (
+        DefaultGlobalLRWarning,
         DeviceManagerConfig,
         ETFedBuffRecipe,
         EvaluatorConfig,
