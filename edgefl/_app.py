@@ -81,7 +81,7 @@ _METHODS: Final[Mapping[str, frozenset[str]]] = {
     "/task": frozenset({"POST", "GET"}),
     "/result": frozenset({"POST"}),
     "/selection": frozenset({"POST"}),
-    "/healthz": frozenset({"GET", "HEAD"}),
+    "/healthz": frozenset({"GET"}),
 }
 _JSON: Final = "application/json"
 _REMEMBER_MAX: Final = 100_000

@@ -364,26 +364,28 @@ class JobCore:
     def _session_from_data(
         data: Mapping[str, object], now: float
     ) -> tuple[DeviceSession, _DeviceExtra]:
-        state = SessionState(str(data["state"]))
-        ticket = data.get("ticket")
+        """A stored session (see ``_session_data``), with fresh deadlines from ``now``."""
+        state = SessionState(_text(data, "state"))
         holds = state in (SessionState.SELECTED, SessionState.TRAINING)
+        training = state is SessionState.TRAINING
         session = DeviceSession(
-            device_id=str(data["device_id"]),
-            platform=Platform(str(data["platform"])),
+            device_id=_text(data, "device_id"),
+            platform=Platform(_text(data, "platform")),
             state=state,
-            ticket=ticket if holds else None,  # type: ignore[arg-type]
-            task_id=data.get("task_id") if state is SessionState.TRAINING else None,  # type: ignore[arg-type]
-            task_version=data.get("task_version") if state is SessionState.TRAINING else None,  # type: ignore[arg-type]
+            ticket=_integer(data, "ticket") if holds else None,
+            task_id=_text(data, "task_id") if training else None,
+            task_version=_integer(data, "task_version") if training else None,
             assigned_at=now if holds else None,
             last_seen=now,
-            last_ticket=int(data.get("last_ticket") or 0),  # type: ignore[call-overload]
-            reports=int(data.get("reports") or 0),  # type: ignore[call-overload]
+            last_ticket=_integer(data, "last_ticket"),
+            reports=_integer(data, "reports"),
         )
-        info = data.get("info") or {}
+        info = data.get("info")
+        seconds = data.get("task_seconds")
         extra = _DeviceExtra(
-            info={str(k): str(v) for k, v in info.items()},  # type: ignore[attr-defined]
-            task_seconds=float(data.get("task_seconds") or 0.0),  # type: ignore[arg-type]
-            tasks_done=int(data.get("tasks_done") or 0),  # type: ignore[call-overload]
+            info={str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else {},
+            task_seconds=float(seconds) if isinstance(seconds, int | float) else 0.0,
+            tasks_done=_integer(data, "tasks_done"),
         )
         return session, extra
 
@@ -909,6 +911,20 @@ class JobCore:
         self._usable.clear()
         self._changes.append(PutJobState(finished=True))
         log_event(_log, "job_finished", job=self.config.job_id, version=self.version)
+
+
+def _text(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"stored device session: {key} must be a string, got {value!r}")
+    return value
+
+
+def _integer(data: Mapping[str, object], key: str) -> int:
+    value = data.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"stored device session: {key} must be an integer, got {value!r}")
+    return value
 
 
 def _weight_problems(

@@ -159,7 +159,7 @@ class JobRuntime:
         plugins: Iterable[PluginInfo] = (),
         clock: Callable[[], float] = trio.current_time,
         tick_interval: float = 1.0,
-        device_sweep_interval: float = 30.0,
+        device_sweep_interval: float | None = None,
     ) -> None:
         self.core = core
         self.store = store
@@ -177,7 +177,11 @@ class JobRuntime:
         """The evaluator's thread (one: versions are evaluated serially, in order)."""
         self._clock = clock
         self._tick_interval = tick_interval
-        self._sweep_interval = device_sweep_interval
+        self._sweep_interval = (
+            min(30.0, core.config.device_ttl / 4)
+            if device_sweep_interval is None
+            else device_sweep_interval
+        )
         self._failure: str | None = None
         self._listeners: list[Callable[[JobEvent], None]] = []
         self._changed = trio.Event()  # set and replaced whenever a version is committed
@@ -485,8 +489,8 @@ class JobRuntime:
             if weights is None:
                 weights = self.store.read_version(self.job_id, version)
             raw = self.evaluator.evaluate(weights) if self.evaluator is not None else {}
-            metrics = {str(k): float(v) for k, v in raw.items()}
-            metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # type: ignore[arg-type]
+            values = {str(k): float(v) for k, v in raw.items()}
+            metrics = {k: v for k, v in values.items() if math.isfinite(v)}  # JSON has no NaN
         except Exception as e:  # a plugin bug: record it, keep the job going
             _log.exception("evaluator failed on job %s version %d", self.job_id, version)
             metrics = {"error": f"{type(e).__name__}: {e}"}

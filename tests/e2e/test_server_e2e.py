@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
@@ -380,3 +381,23 @@ def test_serve_command_exits_0_on_sigterm(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+async def test_https_with_a_certificate(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(key_path))
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    settings = _settings(tmp_path, tls_cert=cert_path, tls_key=key_path)
+    async with trio.open_nursery() as nursery:
+        handle: ServerHandle = await nursery.start(serve, settings)
+        assert handle.url.startswith("https://127.0.0.1:")
+        client_context = ssl.create_default_context()
+        ca.configure_trust(client_context)
+        async with httpx.AsyncClient(base_url=handle.url, verify=client_context) as client:
+            r = await client.post("/job", headers=android_headers(), content=ANDROID_JOB)
+            assert r.json()["status"] == "OK"
+        handle.shutdown()
