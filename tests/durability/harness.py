@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -83,6 +84,7 @@ def _export_xor() -> Path:
         device_training_params={"epoch": 1, "lr": 0.1, "batch_size": 1},
     )
     root = Path(tempfile.mkdtemp(prefix="edgefl-xor-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     _EXPORTED = recipe.export(root / "xor_et")
     return _EXPORTED
 
