@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
@@ -30,7 +31,9 @@ import attrs
 import orjson
 import trio
 
+from edgefl._auth import AccessPolicy, DeviceRateLimiter
 from edgefl._log import log_event
+from edgefl._openapi import OPENAPI_CONTENT_TYPE, openapi_bytes
 from edgefl._runtime import JobFailed
 from protocol import (
     DeviceIdentity,
@@ -55,6 +58,7 @@ from protocol import (
     media_type,
     parse_identity,
     resolve_platform,
+    retry_wait,
     wants_cbor,
 )
 
@@ -142,6 +146,14 @@ class EdipCore:
         self._retired = frozenset(retired_job_ids)
         self._rng = rng or random.Random(settings.seed)
         self._platforms: dict[str, Platform] = {}  # remembered from /job (EDIP §2.5 step 3)
+        self._policy = (
+            AccessPolicy.from_file(settings.access_file) if settings.access_file else None
+        )
+        self._limiter = (
+            DeviceRateLimiter(settings.device_rate, settings.device_burst)
+            if settings.device_rate
+            else None
+        )
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -181,6 +193,30 @@ class EdipCore:
     def too_large(self) -> Response:
         return _error(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
 
+    def too_slow(self) -> Response:
+        """408: the body did not arrive within ``body_timeout``."""
+        message = f"request body not received within {self.settings.body_timeout:g} s"
+        body = encode_reply(ErrorBody(status=Status.INVALID_REQUEST, message=message))
+        return Response(408, (("content-type", _JSON), ("connection", "close")), body)
+
+    def _admit(
+        self, runtime: JobRuntime, identity: DeviceIdentity, headers: dict[str, str]
+    ) -> None:
+        """Refuse (403) a request for a token-protected job without the right device token."""
+        if self._policy is not None:
+            self._policy.check(runtime.name, headers, identity.user_info)
+
+    def _over_budget(self, device_id: str) -> bool:
+        """Whether the device exceeded its request rate (``device_rate``)."""
+        return self._limiter is not None and not self._limiter.allow(device_id, time.monotonic())
+
+    def _budget_wait(self, platform: Platform, device_id: str) -> int:
+        """``retry_wait`` for a device over its budget: until it has a token again (at most an
+        hour), and never less than the usual wait."""
+        assert self._limiter is not None
+        seconds = max(self.settings.retry_wait, self._limiter.wait_seconds(device_id))
+        return retry_wait(platform, min(seconds, 3600.0))
+
     # ------------------------------------------------------------------ dispatch
 
     def handle(
@@ -204,6 +240,13 @@ class EdipCore:
             path = path[len(_PREFIX) :]
         lower = {k.lower(): v for k, v in headers.items()}
         try:
+            if path == "/openapi.json" and method in ("GET", "HEAD"):
+                document = openapi_bytes()
+                return Response(
+                    200,
+                    (("content-type", OPENAPI_CONTENT_TYPE),),
+                    document if method == "GET" else b"",
+                )
             allowed = _METHODS.get(path)
             if allowed is None:
                 raise NotFound(f"no such endpoint: {path}")
@@ -230,8 +273,6 @@ class EdipCore:
     def _retry_wait(self, platform: Platform, runtime: JobRuntime | None) -> int:
         if runtime is not None:
             return runtime.retry_wait(platform)
-        from protocol import retry_wait
-
         return retry_wait(platform, self.settings.retry_wait)
 
     # ------------------------------------------------------------------ /job
@@ -265,6 +306,7 @@ class EdipCore:
         if not matches:
             return _reply(JobReply(status=Status.NO_JOB), cbor=cbor)
         runtime = matches[0] if len(matches) == 1 else self._rng.choice(matches)
+        self._admit(runtime, identity, headers)
         key = (runtime.job_id, cbor)
         cached = self._job_cache.get(key)
         if cached is None:
@@ -308,8 +350,21 @@ class EdipCore:
         runtime = self._by_id.get(request.job_id)
         if runtime is None:
             return _reply(TaskReply(status=Status.NO_JOB), cbor=cbor)
+        self._admit(runtime, identity, headers)
         if runtime.finished:
             return self._done(runtime.job_id, cbor)
+        if self._over_budget(identity.device_id):
+            platform = self._platform(identity, runtime)
+            return _reply(
+                TaskReply(
+                    status=Status.RETRY,
+                    job_id=runtime.job_id,
+                    retry_wait=self._budget_wait(platform, identity.device_id),
+                    message="Too many requests",
+                    cookie=request.cookie,
+                ),
+                cbor=cbor,
+            )
         if self.draining:
             platform = self._platform(identity, runtime)
             return _reply(
@@ -350,6 +405,17 @@ class EdipCore:
                     cbor=cbor,
                 )
             return _reply(ResultReply(status=Status.NO_JOB), cbor=cbor)
+        self._admit(runtime, identity, headers)
+        if self._over_budget(identity.device_id):
+            return _reply(
+                ResultReply(
+                    status=Status.RETRY,
+                    task_id=report.task_id,
+                    task_name=report.task_name,
+                    message="Too many requests",
+                ),
+                cbor=cbor,
+            )
         if runtime.finished:
             status = Status.OK if self.settings.finished_result == "ok" else Status.DONE
             return _reply(
@@ -380,6 +446,7 @@ class EdipCore:
         runtime = self._by_id.get(request.job_id)
         if runtime is None or runtime.finished:
             return _reply(SelectionReply(status=Status.NO_JOB), cbor=cbor)
+        self._admit(runtime, identity, headers)
         if self.draining:
             return _reply(SelectionReply(status=Status.RETRY, job_id=runtime.job_id), cbor=cbor)
         prefix, mark, count = identity.device_id.rpartition("?")
@@ -525,18 +592,21 @@ class FastPath:
             return core.too_large()
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect
-                return None
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    return core.too_large()
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        with trio.move_on_after(core.settings.body_timeout) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    return None
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        return core.too_large()
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            return core.too_slow()
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return core.handle(
             scope["method"], scope["path"], _query(scope.get("query_string", b"")), headers, body
@@ -589,11 +659,14 @@ async def _quart_respond(core: EdipCore, request: Any) -> Response:
         return core.too_large()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.body:
-        size += len(chunk)
-        if size > limit:
-            return core.too_large()
-        chunks.append(chunk)
+    with trio.move_on_after(core.settings.body_timeout) as deadline:
+        async for chunk in request.body:
+            size += len(chunk)
+            if size > limit:
+                return core.too_large()
+            chunks.append(chunk)
+    if deadline.cancelled_caught:
+        return core.too_slow()
     headers = {k.lower(): v for k, v in request.headers.items()}
     return core.handle(
         request.method, request.path, _query(request.query_string), headers, b"".join(chunks)

@@ -114,6 +114,34 @@ FIELDS: tuple[FieldSpec, ...] = (
         " (0.2: +-20 %%), so parked devices do not poll in lockstep",
     ),
     FieldSpec(
+        "body_timeout",
+        "float",
+        60.0,
+        "seconds a request body may take to arrive; a slower upload gets 408 and its"
+        " connection is closed (a client trickling bytes cannot hold a connection longer)",
+    ),
+    FieldSpec(
+        "access_file",
+        "path",
+        None,
+        "TOML file of per-job device tokens ([jobs.<name>] tokens = [...] or"
+        " token_sha256 = [...]); devices of a listed job must present one (Authorization:"
+        " Bearer, or access_token in X-Flare-User-Info), others get 403",
+    ),
+    FieldSpec(
+        "device_rate",
+        "float",
+        None,
+        "requests per second one device may make on average to /task and /result; a"
+        " device over its budget gets RETRY (off when not given)",
+    ),
+    FieldSpec(
+        "device_burst",
+        "int",
+        10,
+        "requests one device may make at once after being idle (with --device-rate)",
+    ),
+    FieldSpec(
         "finished_result",
         "choice",
         "done",
@@ -189,6 +217,10 @@ class Settings:
     max_body_bytes: int = 16 * MiB
     retry_wait: float = attrs.field(default=5.0, validator=_positive("retry_wait"))
     retry_jitter: float = 0.2
+    body_timeout: float = attrs.field(default=60.0, validator=_positive("body_timeout"))
+    access_file: Path | None = None
+    device_rate: float | None = None
+    device_burst: int = 10
     finished_result: str = "done"
     selection_endpoint: bool = True
     fast_path: bool = True
@@ -205,6 +237,14 @@ class Settings:
             raise ConfigError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
         if not 0.0 <= self.retry_jitter <= 0.5:
             raise ConfigError(f"retry_jitter must be in 0..0.5, got {self.retry_jitter}")
+        if self.device_rate is not None and not (
+            math.isfinite(self.device_rate) and self.device_rate > 0
+        ):
+            raise ConfigError(
+                f"device_rate must be > 0 requests per second, got {self.device_rate}"
+            )
+        if self.device_burst < 1:
+            raise ConfigError(f"device_burst must be at least 1, got {self.device_burst}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key must be given together")
         for spec in FIELDS:
@@ -347,6 +387,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar = "BYTES"
         elif spec.name == "retry_jitter":
             metavar = "FRACTION"
+        elif spec.name == "device_rate":
+            metavar = "PER_SECOND"
         kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": text}
         if spec.kind == "choice":
             kwargs["choices"] = spec.choices

@@ -270,6 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``edgefl-server serve``; returns the exit status (0 after a graceful shutdown)."""
+    from edgefl._auth import AccessPolicyError
     from edgefl._jobfolder import JobFolderError
     from plugins._registry import PluginError
 
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     try:
         trio.run(partial(serve, settings, shutdown_trigger=_wait_for_signal))
-    except (ServerStartError, JobFolderError, PluginError) as e:
+    except (ServerStartError, JobFolderError, PluginError, AccessPolicyError) as e:
         print(f"edgefl-server serve: {e}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:

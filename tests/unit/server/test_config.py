@@ -74,6 +74,9 @@ def test_booleans_from_every_source(tmp_path: Path) -> None:
         (("--tls-cert", "c.pem"), {}, None, "tls_cert and tls_key must be given together"),
         ((), {"EDGEFL_FINISHED_RESULT": "maybe"}, None, "finished_result must be one of done, ok"),
         ((), {"EDGEFL_MAX_BODY_BYTES": "10"}, None, "max_body_bytes must be at least 1024"),
+        (("--device-rate", "0"), {}, None, "device_rate must be > 0 requests per second"),
+        (("--device-burst", "0"), {}, None, "device_burst must be at least 1"),
+        (("--body-timeout", "0"), {}, None, "body_timeout must be a positive number of seconds"),
     ],
 )
 def test_errors_name_the_setting_and_source(
