@@ -322,9 +322,9 @@ class EdipCore:
         log_event(
             _log,
             "device_joined",
-            level=logging.DEBUG,
             job=runtime.job_id,
             device=identity.device_id,
+            platform=identity.header_platform.value if identity.header_platform else None,
         )
         return cached
 

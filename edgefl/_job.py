@@ -558,6 +558,13 @@ class JobCore:
                 self._extra[device_id].info = dict(identity.device_info)
         if joined:
             self._persist(session)  # a new or revived device becomes durable
+            log_event(
+                _log,
+                "device_registered",
+                job=self.config.job_id,
+                device=device_id,
+                platform=session.platform.value,
+            )
         if (
             session.state is SessionState.AVAILABLE
             and device_id not in self._usable
@@ -708,9 +715,9 @@ class JobCore:
     def _classify(device_id: str, record: TaskRecord | None) -> str:
         if record is None or record.device_id != device_id:
             return "foreign"
-        if record.status == "expired":
-            return "expired"
-        return "duplicate"
+        if record.status in ("expired", "released"):
+            return "expired"  # its ticket ran out (or the job ended) before it reported
+        return "duplicate"  # answered before: accepted, or closed as stale/invalid/failed
 
     def _discard(
         self, reason: str, device_id: str, task_id: str, version: int | None, *, detail: str = ""
@@ -750,7 +757,7 @@ class JobCore:
             )
             if event is None:
                 continue
-            task_id = session.task_id
+            task_id, version = session.task_id, session.task_version
             session = self._apply(session, event)
             self._release_slot(session, rejoin=False)
             if task_id is not None:
@@ -763,6 +770,7 @@ class JobCore:
                 job=self.config.job_id,
                 device=device_id,
                 task=task_id,
+                version=version,
             )
         if sweep_devices:
             ttl = self.config.device_ttl
@@ -905,7 +913,10 @@ class JobCore:
     def _finish(self, now: float) -> None:
         self.finished = True
         for device_id in list(self._selected):
+            task_id = self._sessions[device_id].task_id
             session = self._apply(self._sessions[device_id], Released(now=now))
+            if task_id is not None:
+                self._changes.append(CloseTask(task_id, "released", now))
             self._persist(session)
         self._selected.clear()
         self._usable.clear()

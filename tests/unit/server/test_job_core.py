@@ -417,3 +417,37 @@ def test_restart_resumes_versions_buffers_and_task_ids(tmp_path: Path) -> None:
     t = r.task("fresh")
     assert t.cookie.device_selection_id > max(c.cookie.device_selection_id for c in (x, y, z))
     store.close()
+
+
+def test_events_are_logged_as_one_key_value_line(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="edgefl")
+    d = CoreDriver(store, schema=P, weights=W0, k=5)
+    task = d.task("dev 1")  # a space: the value gets quoted
+    d.report("dev 1", task.task_id, ZERO)
+    d.report("dev 1", task.task_id, ZERO)
+    lines = [r.getMessage() for r in caplog.records]
+    delivered = next(line for line in lines if line.startswith("event=task_delivered "))
+    assert f'device="dev 1" task={task.task_id} version=1' in delivered
+    assert f"job={d.job_id}" in delivered
+    accepted = next(line for line in lines if line.startswith("event=report_accepted "))
+    assert f'job={d.job_id} device="dev 1" task={task.task_id} version=1' in accepted
+    discarded = next(line for line in lines if line.startswith("event=report_discarded "))
+    assert discarded.endswith("reason=duplicate")
+    assert all("\n" not in line for line in lines)
+
+
+def test_key_value_formatter() -> None:
+    import logging
+
+    from edgefl._log import KeyValueFormatter, format_fields
+
+    assert format_fields("x", {"a": 1, "b": None, "c": "two words", "d": 0.5}) == (
+        'event=x a=1 c="two words" d=0.5'
+    )
+    record = logging.LogRecord("edgefl", logging.WARNING, __file__, 1, "plain %s", ("text",), None)
+    line = KeyValueFormatter().format(record)
+    assert line.endswith('level=warning event=message text="plain text" logger=edgefl')
