@@ -159,6 +159,30 @@ def _captured_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+@contextlib.contextmanager
+def _server_log(path: Path) -> Iterator[None]:
+    """Send the embedded server's ``key=value`` log to ``path`` for the duration of the block,
+    then put the loggers back as they were (the demo may run inside a larger program)."""
+    import logging
+
+    from edgefl._log import configure_logging
+
+    names = ("edgefl", "hypercorn.error")
+    saved = [
+        (log, list(log.handlers), log.level, log.propagate)
+        for log in (logging.getLogger(n) for n in names)
+    ]
+    with path.open("a", encoding="utf-8") as stream:
+        configure_logging("info", stream)
+        try:
+            yield
+        finally:
+            for log, handlers, level, propagate in saved:
+                log.handlers[:] = handlers
+                log.setLevel(level)
+                log.propagate = propagate
+
+
 class DemoResult:
     """What :func:`run_demo` produced: the simulation report and the files written."""
 
@@ -251,7 +275,6 @@ def run_demo(
     ``batch_size``, ``hidden``).
     """
     from edgefl._data import prepare
-    from edgefl._log import configure_logging
     from edgefl._simulate import FleetConfig, parse_platform_mix, simulate_job
 
     out = stream if stream is not None else sys.stdout
@@ -293,9 +316,7 @@ def run_demo(
             **recipe_options,
         )
         job_folder = recipe.export(run_folder / "job")
-    log = (run_folder / "server.log").open("a", encoding="utf-8")
-    try:
-        configure_logging("info", log)
+    with _server_log(run_folder / "server.log"):
         print(
             "starting the server and the training processes (a few seconds) ...",
             file=out,
@@ -310,8 +331,6 @@ def run_demo(
             handle_sigint=handle_sigint,
             worker_log=run_folder / "workers.log",
         )
-    finally:
-        log.close()
     files = write_outputs(report, run_folder)
     return DemoResult(report, run_folder, files)
 
