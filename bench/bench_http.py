@@ -523,12 +523,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"p50 {_pct(lat[kind], 50):6.2f} ms  p99 {_pct(lat[kind], 99):6.2f} ms"
             )
 
-        print(f"\n/task polls with {args.wide} concurrent connections (fast path):")
+        offered = args.wide / args.poll_interval
+        print(
+            f"\n/task polls from {args.wide} connections, each polling every"
+            f" {args.poll_interval:g} s ({offered:.0f} req/s offered, fast path):"
+        )
         server = Server("edgefl", polls_dir)
         try:
             reqs = await poll_requests(server.port, args.devices, register=True)
             rate, latencies = await load(
-                server.port, reqs, connections=args.wide, seconds=args.seconds
+                server.port,
+                reqs,
+                connections=args.wide,
+                seconds=max(args.seconds, 3 * args.poll_interval),
+                rate=offered,
             )
         finally:
             server.close()
@@ -576,7 +584,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wide", type=int, default=1000, help="connections for the p99 run")
     parser.add_argument(
-        "--poll-interval", type=float, default=2.0, help="seconds between polls in the p99 run"
+        "--poll-interval", type=float, default=5.0, help="seconds between polls in the p99 run"
     )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--updates", type=int, default=300)
