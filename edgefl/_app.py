@@ -12,11 +12,19 @@ they answer byte for byte the same:
   throughput of a bare ASGI handler (``bench/bench_http.py`` measures both).
 
 Both front ends refuse a body larger than ``max_body_bytes`` with 413 before reading it when
-``Content-Length`` says so, and stop reading a chunked body as soon as it grows past the limit.
+``Content-Length`` says so, stop reading a chunked body as soon as it grows past the limit, and
+answer 408 when a body takes longer than ``body_timeout`` to arrive.
+
+Admission (``edgefl._auth``): a job listed in ``access_file`` needs a device token (403
+otherwise, before the device is registered), and with ``device_rate`` a device polling or
+reporting faster than its budget gets ``RETRY`` ("Too many requests") without touching the job.
+While the server drains for shutdown, ``/job``, ``/task`` and ``/selection`` answer ``RETRY``;
+reports are still accepted (``RETRY`` on ``/result`` would end an Android session and lose the
+device's work, EDIP §3.3). ``GET /openapi.json`` serves the OpenAPI document of these routes.
 
 Every non-200 reply carries the EDIP error body (EDIP §8): 400 for malformed requests, 403 for a
-disabled ``/selection``, 404 for unknown paths, 405 for a wrong method, 413, 415, and 500 (logged
-with its traceback, never sent) for anything unexpected.
+refused token or a disabled ``/selection``, 404 for unknown paths, 405 for a wrong method, 408,
+413, 415, and 500 (logged with its traceback, never sent) for anything unexpected.
 """
 
 from __future__ import annotations
@@ -101,10 +109,8 @@ class Response:
     body: bytes
 
 
-def _reply(msg: Reply, *, cbor: bool = False, status: int = 200) -> Response:
-    return Response(
-        status, (("content-type", media_type(cbor=cbor)),), encode_reply(msg, cbor=cbor)
-    )
+def _reply(msg: Reply, *, cbor: bool = False) -> Response:
+    return Response(200, (("content-type", media_type(cbor=cbor)),), encode_reply(msg, cbor=cbor))
 
 
 def _error(e: ProtocolError) -> Response:
