@@ -24,7 +24,18 @@ _LAZY: dict[str, str] = {
     "DefaultGlobalLRWarning": "edgefl._recipe",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "DefaultGlobalLRWarning",
+    "DeviceManagerConfig",
+    "DeviceModel",
+    "ETFedBuffRecipe",
+    "EvaluatorConfig",
+    "ExportError",
+    "JobFolderError",
+    "ModelManagerConfig",
+    "SimulationConfig",
+    "load_job_folder",
+]
 
 if TYPE_CHECKING:
     from edgefl._export import ExportError

@@ -1,7 +1,8 @@
 """The ``edgefl-server`` command.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their subcommand runs, so ``--help`` stays fast.
+``run(args) -> int``. A module is imported only when its subcommand runs, so ``--help`` and the
+server itself never pay for torch unless they need it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("edgefl._server", "serve every job folder in a directory to EDIP devices"),
     "demo": ("edgefl._demo", "run the built-in handwritten-digits job with simulated devices"),
     "simulate": ("edgefl._simulate", "run a job folder with simulated devices"),
-    "plugins": ("plugins._registry", "list the installed aggregators, selectors, evaluators, trainers"),
+    "plugins": ("plugins._registry", "list the installed aggregators, selectors, evaluators..."),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add its options."""
     parser = argparse.ArgumentParser(
         prog="edgefl-server",
         description="Federated learning server for phones: EDIP over HTTP, FedBuff, ExecuTorch.",
@@ -27,22 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(_module=module)
-        if name in (sys.argv[1:2] if _argv is None else _argv[:1]):
+        if name == command:
             importlib.import_module(module).add_arguments(sp)
     return parser
 
 
-_argv: list[str] | None = None
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    global _argv
-    _argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(_argv)
-    module = importlib.import_module(args._module)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(args_list)
+    module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
