@@ -12,7 +12,7 @@ from edgefl._config import Settings
 from edgefl._runtime import JobRuntime
 from edgefl._store import Store
 from plugins._registry import Registry
-from tests.helpers import job_variant
+from tests.helpers import job_variant, xor_job
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -45,8 +45,14 @@ class Served:
         return response.status, parsed, dict(response.headers)
 
 
+@pytest.fixture(scope="session")
+def exported_xor_job() -> Path:
+    """The XOR job folder, exported once per test session (ETFedBuffRecipe.export)."""
+    return xor_job()
+
+
 @pytest.fixture
-async def serve_job(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def serve_job(tmp_path: Path, exported_xor_job: Path) -> AsyncIterator[Callable[..., Any]]:
     """``await serve_job(settings=..., **job_variant_kwargs)`` -> a running :class:`Served`."""
     stores: list[Store] = []
 
