@@ -166,7 +166,8 @@ class FleetConfig:
 
     Args:
         num_devices: simulated devices.
-        num_workers: training processes shared by all devices.
+        num_workers: training processes shared by all devices (at most one per CPU core and
+            device is started).
         trainer: entry point name in ``edgefl.trainers`` (``executorch``: the received ``.pte`` in
             the ExecuTorch runtime; ``eager``: ``model.pt2`` in eager PyTorch).
         trainer_args: extra constructor arguments of the trainer.
@@ -403,16 +404,28 @@ class TrainerPool:
             future = self._executor.submit(_worker_train, self._factory, self._args, task)
         return await _wait_future(future)
 
-    def close(self) -> None:
-        """Stop the workers (pending tasks are cancelled; running ones finish first)."""
-        if not self._closed:
-            self._closed = True
-            self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, *, grace: float = 5.0) -> None:
+        """Stop the workers: pending tasks are cancelled, running ones get ``grace`` seconds to
+        finish, then their processes are terminated (so an interrupted start-up, with workers
+        still importing torch, does not hold the caller)."""
+        if self._closed:
+            return
+        self._closed = True
+        # The executor's process table is private; without it, fall back to a plain shutdown.
+        processes = list(dict(getattr(self._executor, "_processes", None) or {}).values())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(1.0)
+        self._executor.shutdown(wait=True)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, grace: float = 5.0) -> None:
         """:meth:`close` in a worker thread, so the event loop keeps running meanwhile."""
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.close)
+            await trio.to_thread.run_sync(functools.partial(self.close, grace=grace))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1145,10 +1158,13 @@ async def simulate_job(
             raise SimulationError(str(exc)) from exc
         if "input_shape" not in trainer_args and _trainer_accepts(factory, "input_shape"):
             trainer_args["input_shape"] = list(spec.input_shape)
+        # Training is CPU-bound: more processes than cores (or devices) only cost memory and
+        # start-up time (NVFlare's default of 10 workers was meant for threads).
+        workers = max(1, min(config.num_workers, os.cpu_count() or 1, config.num_devices))
         pool = TrainerPool(
             config.trainer,
             trainer_args,
-            num_workers=config.num_workers,
+            num_workers=workers,
             dataset=config.dataset,
             log_path=worker_log,
         )
@@ -1235,7 +1251,7 @@ async def simulate_job(
                     await server_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            await pool.aclose()
+            await pool.aclose(grace=0.0 if stop.is_set() else 5.0)
             if progress is not None:
                 progress.close()
         finished = bool(outcome["finished"])
@@ -1272,6 +1288,11 @@ async def _stop_on_sigint(stop: trio.Event) -> None:
         return
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async for _ in signals:
+            print(
+                "\nstopping: finishing in-flight work (Ctrl-C again to abort)",
+                file=sys.stderr,
+                flush=True,
+            )
             stop.set()
             break
     # a second Ctrl-C raises KeyboardInterrupt as usual
