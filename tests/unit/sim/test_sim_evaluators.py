@@ -14,6 +14,8 @@ from torch import nn
 from edgefl.api import Evaluator
 from plugins.evaluators import ClassificationEvaluator, NoEvaluator
 
+pytestmark = pytest.mark.slow  # the module fixture exports a model (~2-3 s)
+
 if TYPE_CHECKING:
     from pathlib import Path
 
