@@ -23,7 +23,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from edgefl._simulate import TrainerPool
 from edgefl._trainers import EagerTrainer, ExecuTorchTrainer
 from edgefl.api import TrainTask
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class Cifar10ConvNet(nn.Module):
     def __init__(self) -> None:
@@ -56,7 +59,8 @@ class Cifar10ConvNet(nn.Module):
         x = self.pool(torch.relu(self.conv1(x)))
         x = self.pool(torch.relu(self.conv2(x)))
         x = torch.relu(self.fc1(torch.flatten(x, 1)))
-        return self.fc3(torch.relu(self.fc2(x)))
+        out: torch.Tensor = self.fc3(torch.relu(self.fc2(x)))
+        return out
 
 
 def _job(net: nn.Module, input_shape: tuple[int, ...], folder: Path) -> Any:
@@ -103,9 +107,9 @@ def _plain(
     return time.perf_counter() - started
 
 
-def _median(fn: Any, repeats: int) -> float:
+def _median(fn: Callable[[], float], repeats: int) -> float:
     fn()  # warm-up
-    return statistics.median(fn() for _ in range(repeats))
+    return float(statistics.median(fn() for _ in range(repeats)))
 
 
 def _cifar_files(folder: Path, per_batch: int) -> str:

@@ -424,10 +424,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``edgefl-server demo``: 0 when the job finished, 130 when interrupted, 1 otherwise."""
     from edgefl._progress import Progress, format_table
-    from edgefl._simulate import SimulationError, _delay_arg, format_summary
+    from edgefl._simulate import SimulationError, format_summary, parse_delay
 
     try:
-        delay = _delay_arg(args.delay)
+        delay = parse_delay(args.delay)
         result = run_demo(
             run_folder=args.run_folder,
             num_devices=args.devices,

@@ -57,12 +57,31 @@ import attrs
 import numpy as np
 import trio
 
+from protocol import (
+    CBOR_CONTENT_TYPE,
+    Cookie,
+    JobReply,
+    JobRequest,
+    RawResult,
+    ResultReply,
+    ResultReport,
+    Status,
+    TaskReply,
+    TaskRequest,
+    decode_reply,
+    encode_request,
+    encode_tensor_map,
+    request_path,
+    request_query,
+)
+
 if TYPE_CHECKING:
     import argparse
 
     import httpx
     import numpy.typing as npt
 
+    from edgefl._job import JobStatistics
     from edgefl._runtime import JobRuntime
     from edgefl._server import ServerHandle
     from edgefl.api import TrainResult, TrainTask, Weights
@@ -77,10 +96,21 @@ __all__ = [
     "SimulationReport",
     "TrainerPool",
     "add_arguments",
+    "add_fleet_arguments",
+    "device_headers",
+    "fleet_config_from_spec",
+    "fleet_overrides",
+    "format_summary",
+    "parse_delay",
     "parse_platform_mix",
+    "result_meta",
+    "retry_seconds",
     "run",
     "run_job",
     "run_recipe",
+    "simulate_job",
+    "training_params",
+    "weights_in_program",
 ]
 
 DeviceKind = Literal["android", "ios", "python", "cbor"]
@@ -513,8 +543,6 @@ def device_headers(kind: DeviceKind, device_id: str, endpoint: str) -> dict[str,
             "X-Flare-User-Info": "user_id=demo_id&user_name=demo_user&access_token=None"
             "&auth_token=None&auth_session=None",
         }
-    from protocol import CBOR_CONTENT_TYPE
-
     return {
         "Content-Type": CBOR_CONTENT_TYPE,
         "Accept": CBOR_CONTENT_TYPE,
@@ -597,7 +625,7 @@ class _Device:
         self.fleet = fleet
         self.p = profile
         self.rng = random.Random(f"{fleet.config.seed}/{profile.index}")
-        self.cookie: dict[str, object] | None = None
+        self.cookie: Cookie | None = None
         self.job_id: str | None = None
         self.job_config: Mapping[str, object] = {}
         self.tasks_done = 0
@@ -606,9 +634,9 @@ class _Device:
     def cbor(self) -> bool:
         return self.p.kind == "cbor"
 
-    async def post(self, msg: Any, endpoint: str) -> httpx.Response:
-        from protocol import encode_request, request_path, request_query
-
+    async def post(
+        self, msg: JobRequest | TaskRequest | ResultReport, endpoint: str
+    ) -> httpx.Response:
         body = encode_request(msg, cbor=self.cbor)
         return await self.fleet.client.post(
             request_path(msg),
@@ -630,8 +658,6 @@ class _Device:
                 return
 
     async def join(self) -> None:
-        from protocol import JobReply, JobRequest, Status, decode_reply
-
         fleet = self.fleet
         capabilities: dict[str, object]
         if self.p.kind == "android":
@@ -667,23 +693,20 @@ class _Device:
         await trio.sleep(1.0)  # the SDKs wait 5 s after an error; a simulation need not
 
     async def task_loop(self) -> str:
-        from protocol import Status, TaskReply, TaskRequest, decode_reply
-
         stats = self.fleet.stats
         assert self.job_id is not None
         while True:
-            cookie = _cookie_from(self.cookie)
-            request = TaskRequest(job_id=self.job_id, cookie=cookie)
+            request = TaskRequest(job_id=self.job_id, cookie=self.cookie)
             response = await self.post(request, "task")
             stats.polls += 1
             if response.status_code != 200:
                 await self.http_error("task", response)
                 continue
             reply = decode_reply(TaskReply, response.content, response.headers.get("content-type"))
-            if self.p.kind == "ios":
-                self.cookie = _cookie_dict(reply.cookie)  # iOS keeps whatever came last
-            elif reply.cookie is not None:
-                self.cookie = _cookie_dict(reply.cookie)  # Android keeps the last non-null one
+            if self.p.kind == "ios" or reply.cookie is not None:
+                # iOS keeps whatever the last reply carried (even none); the others keep the last
+                # cookie they were given
+                self.cookie = reply.cookie
             if reply.status is Status.OK:
                 assert reply.task_data is not None
                 assert reply.task_id is not None
@@ -705,22 +728,16 @@ class _Device:
             stats.note_error(f"{self.p.device_id} /task: {reply.status} {reply.message or ''}")
             return "stopped"
 
-    async def train_and_report(self, reply: Any) -> bool:
+    async def train_and_report(self, reply: TaskReply) -> bool:
         """Train the task and report it; False when the session ends (as on a phone)."""
-        from protocol import (
-            RawResult,
-            ResultReply,
-            ResultReport,
-            Status,
-            decode_reply,
-            encode_tensor_map,
-        )
-
+        assert reply.task_data is not None
+        assert reply.task_id is not None
         fleet = self.fleet
         stats = fleet.stats
         task_data = reply.task_data
         meta = dict(task_data.meta)
-        version = int(meta.get("model_version", 0) or 0)
+        raw_version = meta.get("model_version")
+        version = raw_version if isinstance(raw_version, int) else 0
         program = base64.b64decode(task_data.data, validate=True)
         epochs, lr, batch_size = training_params(meta, self.job_config)
         started = trio.current_time()
@@ -742,8 +759,7 @@ class _Device:
         if self.p.delay > 0:
             extra = self.p.delay * self.rng.uniform(0.8, 1.2)
             await trio.sleep_until(started + extra)
-        form = {"android": "android", "ios": "ios", "python": "python", "cbor": "cbor"}[self.p.kind]
-        data = encode_tensor_map(result.delta, form)  # type: ignore[arg-type]
+        data = encode_tensor_map(result.delta, self.p.kind)  # device kinds are named by form
         report = ResultReport(
             job_id=self.job_id or "",
             task_id=reply.task_id,
@@ -755,7 +771,7 @@ class _Device:
                     self.p.kind, meta, self.job_config, epochs=epochs, lr=lr, batch_size=batch_size
                 ),
             ),
-            cookie=_cookie_from(self.cookie),
+            cookie=self.cookie,
         )
         response = await self.post(report, "result")
         if response.status_code != 200:
@@ -783,28 +799,6 @@ def _trainer_args(config: object) -> dict[str, object]:
                 if isinstance(args, Mapping):
                     return dict(args)
     return {}
-
-
-def _cookie_dict(cookie: Any) -> dict[str, object] | None:
-    if cookie is None:
-        return None
-    out: dict[str, object] = dict(cookie.extra)
-    out["model_version"] = cookie.model_version
-    out["device_selection_id"] = cookie.device_selection_id
-    return out
-
-
-def _cookie_from(data: Mapping[str, object] | None) -> Any:
-    if data is None:
-        return None
-    from protocol import Cookie
-
-    extra = {k: v for k, v in data.items() if k not in ("model_version", "device_selection_id")}
-    return Cookie(
-        model_version=int(data.get("model_version", 0)),  # type: ignore[call-overload]
-        device_selection_id=int(data.get("device_selection_id", 0)),  # type: ignore[call-overload]
-        extra=extra,
-    )
 
 
 def _assign_kinds(mix: Mapping[str, float], n: int, rng: random.Random) -> list[DeviceKind]:
@@ -990,7 +984,8 @@ class SimulationReport:
         metrics: one dict per evaluated version (``version``, ``accuracy``, ``loss``, ...), in
             version order (read back from the job's ``metrics.jsonl``).
         fleet: the fleet's counters.
-        server: the job's statistics as the server reports them at the end.
+        server: the job's statistics as the server reports them at the end (``None`` when the
+            run stopped before the server started).
         seconds: wall time of the run (server and fleet, without exporting a recipe).
         state_dir: where the server kept its state (``None`` when it was a temporary folder).
         metrics_path: the job's ``metrics.jsonl`` (``None`` when the state was temporary).
@@ -1004,7 +999,7 @@ class SimulationReport:
     finished: bool
     metrics: tuple[Mapping[str, Any], ...]
     fleet: FleetStatistics
-    server: Any
+    server: JobStatistics | None
     seconds: float
     state_dir: Path | None
     metrics_path: Path | None
@@ -1133,6 +1128,12 @@ async def simulate_job(
         )
     except DataError as exc:
         raise SimulationError(str(exc)) from exc
+    sample = prepared.pool.sample_shape
+    if math.prod(sample) != math.prod(spec.input_shape[1:]):
+        raise SimulationError(
+            f"data set {config.dataset!r} has samples of shape {sample}, which do not fit the"
+            f" job's input_shape {tuple(spec.input_shape)}"
+        )
     trainer_args = dict(config.trainer_args)
     stop = stop if stop is not None else trio.Event()
     with contextlib.ExitStack() as stack:
@@ -1413,7 +1414,8 @@ def run_recipe(recipe: Any, folder: str | Path | None = None, **kwargs: Any) -> 
 # edgefl-server simulate
 
 
-def _delay_arg(text: str) -> tuple[float, float]:
+def parse_delay(text: str) -> tuple[float, float]:
+    """``"0.5"`` -> ``(0.5, 0.5)``; ``"0:2"`` -> ``(0.0, 2.0)`` (seconds)."""
     low, sep, high = text.partition(":")
     try:
         lo = float(low)
@@ -1501,7 +1503,7 @@ def fleet_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.platforms is not None:
         out["platform_mix"] = parse_platform_mix(args.platforms)
     if args.delay is not None:
-        out["delay"] = _delay_arg(args.delay)
+        out["delay"] = parse_delay(args.delay)
     return out
 
 

@@ -48,7 +48,8 @@ class Cifar10ConvNet(nn.Module):
         x = torch.flatten(x, 1)
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
-        return self.fc3(x)
+        logits: torch.Tensor = self.fc3(x)
+        return logits
 
 
 class TrainingNet(DeviceModel):

@@ -13,8 +13,6 @@ from edgefl._simulate import (
     DEVICE_KINDS,
     FleetConfig,
     _assign_kinds,
-    _cookie_dict,
-    _cookie_from,
     _device_id,
     device_headers,
     fleet_config_from_spec,
@@ -202,10 +200,3 @@ def test_fleet_config_from_job_settings_and_overrides() -> None:
     assert config.alpha == pytest.approx(0.3)
     assert config.seed == 9
     assert fleet_config_from_spec(None) == FleetConfig()
-
-
-def test_cookies_round_trip_with_extra_keys() -> None:
-    cookie = Cookie(model_version=3, device_selection_id=8, extra={"sig": "abc"})
-    assert _cookie_from(_cookie_dict(cookie)) == cookie
-    assert _cookie_dict(None) is None
-    assert _cookie_from(None) is None
