@@ -33,7 +33,8 @@ import contextlib
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Final
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import parse_qsl
 
 import attrs
@@ -72,7 +73,7 @@ from protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
     from quart_trio import QuartTrio
 
@@ -81,12 +82,24 @@ if TYPE_CHECKING:
     from plugins._registry import PluginInfo
     from protocol import Reply
 
-__all__ = ["MAX_SIMULATED_DEVICES", "EdipCore", "FastPath", "Response", "create_app"]
+__all__ = [
+    "MAX_SIMULATED_DEVICES",
+    "SELECTION_CHUNK",
+    "EdipCore",
+    "FastPath",
+    "Response",
+    "create_app",
+]
 
 _log = logging.getLogger("edgefl.http")
 
 MAX_SIMULATED_DEVICES: Final = 100_000
-"""Largest ``N`` a ``/selection`` device id ``<prefix>?<N>`` may announce."""
+"""Largest ``N`` a ``/selection`` device id ``<prefix>?<N>`` may ever announce (the settings
+``selection_max_range`` and ``selection_max_devices`` set the limits actually applied)."""
+
+SELECTION_CHUNK: Final = 256
+"""Devices a ``/selection`` range registers per step. Each step is one committed core step (about
+15 ms for 256 devices); between steps the event loop serves other requests."""
 
 _PREFIX: Final = "/edge/v1"  # feg.yaml's base path, also accepted (EDIP §1.1)
 _METHODS: Final[Mapping[str, frozenset[str]]] = {
@@ -98,6 +111,7 @@ _METHODS: Final[Mapping[str, frozenset[str]]] = {
 }
 _JSON: Final = "application/json"
 _REMEMBER_MAX: Final = 100_000
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -107,6 +121,27 @@ class Response:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+@attrs.frozen(eq=False)
+class _Registration:
+    """A ``/selection`` device range still to register (in steps of :data:`SELECTION_CHUNK`),
+    then answered by ``reply()``."""
+
+    runtime: JobRuntime
+    prefix: str
+    count: int
+    device_info: dict[str, str]
+    reply: Callable[[], Response]
+
+    def chunks(self) -> Iterator[list[DeviceIdentity]]:
+        info = self.device_info
+        for start in range(0, self.count, SELECTION_CHUNK):
+            stop = min(start + SELECTION_CHUNK, self.count)
+            yield [
+                DeviceIdentity(device_id=f"{self.prefix}#{i}", device_info=info)
+                for i in range(start, stop)
+            ]
 
 
 def _reply(msg: Reply, *, cbor: bool = False) -> Response:
@@ -166,7 +201,10 @@ class EdipCore:
         self._idle.set()
         self._done_cache: dict[tuple[str, bool], Response] = {}
         self._job_cache: dict[tuple[str, bool], Response] = {}
-        self._routes: dict[str, Callable[[str, Mapping[str, str], dict[str, str], bytes], Response]]
+        self._routes: dict[
+            str,
+            Callable[[str, Mapping[str, str], dict[str, str], bytes], Response | _Registration],
+        ]
         self._routes = {
             "/job": self._job,
             "/task": self._task,
@@ -255,28 +293,66 @@ class EdipCore:
         lower: dict[str, str],
         body: bytes,
     ) -> Response:
-        """:meth:`handle` for headers whose names are already lower-case (ASGI guarantees it)."""
-        if path.startswith(_PREFIX + "/"):
-            path = path[len(_PREFIX) :]
+        """:meth:`handle` for headers whose names are already lower-case (ASGI guarantees it).
+
+        A ``/selection`` device range is registered here in one go (at most
+        ``selection_max_range`` devices); the front ends use :meth:`handle_async`, which lets
+        the event loop run between steps.
+        """
+        outcome = self._dispatch(method, path, query, lower, body)
+        if isinstance(outcome, Response):
+            return outcome
+        return self._guard(method, path, partial(self._register_all, outcome))
+
+    async def handle_async(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        lower: dict[str, str],
+        body: bytes,
+    ) -> Response:
+        """:meth:`handle_lower`, but a ``/selection`` device range is registered in steps of
+        :data:`SELECTION_CHUNK` devices with a checkpoint after each, so one large range cannot
+        stall the other requests. Each step is committed on its own."""
+        outcome = self._dispatch(method, path, query, lower, body)
+        if isinstance(outcome, Response):
+            return outcome
+        for chunk in outcome.chunks():
+            if outcome.runtime.finished or outcome.runtime.failure is not None:
+                break
+            failed = self._guard(method, path, partial(self._register_chunk, outcome, chunk))
+            if failed is not None:
+                return failed
+            await trio.lowlevel.checkpoint()
+        return self._guard(method, path, outcome.reply)
+
+    def _register_all(self, registration: _Registration) -> Response:
+        for chunk in registration.chunks():
+            if registration.runtime.finished:
+                break
+            self._register_chunk(registration, chunk)
+        return registration.reply()
+
+    def _register_chunk(self, registration: _Registration, chunk: list[DeviceIdentity]) -> None:
+        """Register one step of a range; past ``selection_max_devices`` (another range raced
+        this one) only the devices already known are refreshed."""
+        runtime = registration.runtime
+        room = self.settings.selection_max_devices - runtime.core.range_devices
+        if room < len(chunk):
+            fresh = [i for i in chunk if not runtime.core.known(i.device_id)]
+            if len(fresh) > room:
+                allowed = {i.device_id for i in fresh[: max(room, 0)]}
+                chunk = [
+                    i for i in chunk if runtime.core.known(i.device_id) or i.device_id in allowed
+                ]
+        runtime.register(chunk)
+
+    def _guard(self, method: str, path: str, fn: Callable[[], _T]) -> _T | Response:
+        """``fn()``, with every failure turned into its EDIP error reply: the protocol error's
+        status, or 500 (logged with its traceback, never sent) for anything unexpected."""
         try:
-            if path == "/openapi.json" and method in ("GET", "HEAD"):
-                document = openapi_bytes()
-                return Response(
-                    200,
-                    (("content-type", OPENAPI_CONTENT_TYPE),),
-                    document if method == "GET" else b"",
-                )
-            allowed = _METHODS.get(path)
-            if allowed is None:
-                raise NotFound(f"no such endpoint: {path}")
-            if method not in allowed:
-                error = _error(MethodNotAllowed(f"{method} is not allowed on {path}"))
-                return attrs.evolve(
-                    error, headers=(*error.headers, ("allow", ", ".join(sorted(allowed))))
-                )
-            if len(body) > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
-            return self._routes[path](method, query, lower, body)
+            return fn()
         except ProtocolError as e:
             return _error(e)
         except JobFailed:
@@ -284,6 +360,45 @@ class EdipCore:
         except Exception:
             _log.exception("unexpected error answering %s %s", method, path)
             return _INTERNAL_ERROR
+
+    def _dispatch(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        lower: dict[str, str],
+        body: bytes,
+    ) -> Response | _Registration:
+        if path.startswith(_PREFIX + "/"):
+            path = path[len(_PREFIX) :]
+        return self._guard(method, path, partial(self._route, method, path, query, lower, body))
+
+    def _route(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        lower: dict[str, str],
+        body: bytes,
+    ) -> Response | _Registration:
+        if path == "/openapi.json" and method in ("GET", "HEAD"):
+            document = openapi_bytes()
+            return Response(
+                200,
+                (("content-type", OPENAPI_CONTENT_TYPE),),
+                document if method == "GET" else b"",
+            )
+        allowed = _METHODS.get(path)
+        if allowed is None:
+            raise NotFound(f"no such endpoint: {path}")
+        if method not in allowed:
+            error = _error(MethodNotAllowed(f"{method} is not allowed on {path}"))
+            return attrs.evolve(
+                error, headers=(*error.headers, ("allow", ", ".join(sorted(allowed))))
+            )
+        if len(body) > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes")
+        return self._routes[path](method, query, lower, body)
 
     def _platform(self, identity: DeviceIdentity, runtime: JobRuntime | None) -> Platform:
         remembered = runtime.core.platform_of(identity.device_id) if runtime else None
@@ -455,7 +570,7 @@ class EdipCore:
 
     def _selection(
         self, method: str, query: Mapping[str, str], headers: dict[str, str], body: bytes
-    ) -> Response:
+    ) -> Response | _Registration:
         if not self.settings.selection_endpoint:
             raise Forbidden("/selection is disabled on this server")
         identity = parse_identity(headers)
@@ -468,16 +583,30 @@ class EdipCore:
         self._admit(runtime, identity, headers)
         if self.draining:
             return _reply(SelectionReply(status=Status.RETRY, job_id=runtime.job_id), cbor=cbor)
-        prefix, mark, count = identity.device_id.rpartition("?")
-        if mark:
-            if not prefix or not count.isdigit() or not 1 <= int(count) <= MAX_SIMULATED_DEVICES:
-                raise MalformedRequest(
-                    f"device range must be <prefix>?<N> with N in 1..{MAX_SIMULATED_DEVICES}"
-                )
-            runtime.register(
-                DeviceIdentity(device_id=f"{prefix}#{i}", device_info=identity.device_info)
-                for i in range(int(count))
+        reply = partial(self._selection_reply, runtime, cbor)
+        prefix, mark, text = identity.device_id.rpartition("?")
+        if not mark:
+            return reply()
+        largest = min(self.settings.selection_max_range, MAX_SIMULATED_DEVICES)
+        count = int(text) if text.isdigit() and len(text) <= 9 else 0
+        if not prefix or not 1 <= count <= largest:
+            raise MalformedRequest(
+                f"X-Flare-Device-ID: a device range must be <prefix>?<N> with N in 1..{largest}"
+                " (selection_max_range)"
             )
+        limit = self.settings.selection_max_devices
+        registered = runtime.core.range_devices
+        if registered + count > limit:
+            known = runtime.core.known
+            new = sum(1 for i in range(count) if not known(f"{prefix}#{i}"))
+            if registered + new > limit:
+                raise Forbidden(
+                    f"this job already has {registered} devices registered through /selection"
+                    f" ranges; {new} more would pass selection_max_devices ({limit})"
+                )
+        return _Registration(runtime, prefix, count, identity.device_info, reply)
+
+    def _selection_reply(self, runtime: JobRuntime, cbor: bool) -> Response:
         selection = runtime.selection()
         if runtime.core.published_version == 0 or not selection:
             return _reply(SelectionReply(status=Status.OK, job_id=runtime.job_id), cbor=cbor)
@@ -714,6 +843,6 @@ async def _quart_respond(core: EdipCore, request: Any) -> Response:
     if deadline.cancelled_caught:
         return core.too_slow()
     headers = {k.lower(): v for k, v in request.headers.items()}
-    return core.handle(
+    return await core.handle_async(
         request.method, request.path, _query(request.query_string), headers, b"".join(chunks)
     )

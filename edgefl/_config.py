@@ -157,6 +157,20 @@ FIELDS: tuple[FieldSpec, ...] = (
         " device simulator; it reveals the whole selection)",
     ),
     FieldSpec(
+        "selection_max_range",
+        "int",
+        10_000,
+        "largest N of a /selection device range <prefix>?<N> (one request registers N"
+        " simulated devices; larger ranges get 400)",
+    ),
+    FieldSpec(
+        "selection_max_devices",
+        "int",
+        50_000,
+        "most devices one job may register through /selection ranges in total (each"
+        " costs about 1.5 KiB of memory); a range past it gets 403",
+    ),
+    FieldSpec(
         "fast_path",
         "bool",
         True,
@@ -223,6 +237,8 @@ class Settings:
     device_burst: int = 10
     finished_result: str = "done"
     selection_endpoint: bool = True
+    selection_max_range: int = 10_000
+    selection_max_devices: int = 50_000
     fast_path: bool = True
     graceful_timeout: float = attrs.field(default=10.0, validator=_positive("graceful_timeout"))
     keep_alive_timeout: float = attrs.field(default=30.0, validator=_positive("keep_alive_timeout"))
@@ -243,6 +259,9 @@ class Settings:
             raise ConfigError(
                 f"device_rate must be > 0 requests per second, got {self.device_rate}"
             )
+        for name in ("selection_max_range", "selection_max_devices"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.device_burst < 1:
             raise ConfigError(f"device_burst must be at least 1, got {self.device_burst}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -98,6 +98,7 @@ __all__ = [
     "CANDIDATES_PER_SLOT",
     "DISCARD_REASONS",
     "MIN_CANDIDATES",
+    "RANGE_DEVICES",
     "AggregatorFailure",
     "JobConfig",
     "JobCore",
@@ -115,6 +116,9 @@ in asynchronous mode) then costs the same with 100 or 100,000 registered devices
 DISCARD_REASONS: Final = ("duplicate", "foreign", "expired", "stale", "invalid", "failed")
 """Why a report was not aggregated. ``invalid`` (unusable tensors) and ``failed`` (the device
 reported a non-OK status) are answered ``ERROR``; the others ``OK``."""
+
+RANGE_DEVICES: Final = "range_devices"
+"""The counter of devices registered through ``/selection`` ranges (stored with the others)."""
 
 MSG_NOT_SELECTED: Final = "Device not selected"
 MSG_NOT_READY: Final = "Model not ready"
@@ -578,11 +582,31 @@ class JobCore:
                 session = self._sessions[device_id]
         return session
 
-    def register(self, identities: Iterable[DeviceIdentity], now: float) -> None:
-        """Register several devices at once (``/selection`` with ``<prefix>?<N>``, EDIP §7)."""
+    @property
+    def range_devices(self) -> int:
+        """Devices registered so far through ``/selection`` ranges (durable, survives restarts)."""
+        return self._counters[RANGE_DEVICES]
+
+    def known(self, device_id: str) -> bool:
+        """Whether the device has a session (it polled, or a range registered it)."""
+        return device_id in self._sessions
+
+    def register(self, identities: Iterable[DeviceIdentity], now: float) -> int:
+        """Register several devices at once (``/selection`` with ``<prefix>?<N>``, EDIP §7).
+
+        Returns:
+            How many of them were new; they are added to :attr:`range_devices`.
+        """
+        new = 0
         for identity in identities:
+            if identity.device_id not in self._sessions:
+                new += 1
             self._touch(identity, now, None, fill=False)
+        if new:
+            self._counters[RANGE_DEVICES] += new
+            self._changes.append(PutJobState(counters=dict(self._counters)))
         self._fill(now)
+        return new
 
     def _deliver(self, session: DeviceSession, now: float) -> TaskReply:
         ticket = session.ticket

@@ -337,11 +337,13 @@ class JobRuntime:
         self._commit()
         return reply
 
-    def register(self, identities: Iterable[DeviceIdentity]) -> None:
-        """Register devices announced through ``/selection`` (EDIP §7)."""
+    def register(self, identities: Iterable[DeviceIdentity]) -> int:
+        """Register devices announced through ``/selection`` (EDIP §7), committed before it
+        returns; returns how many were new (see :meth:`JobCore.register`)."""
         self._check()
-        self.core.register(identities, self._clock())
+        new = self.core.register(identities, self._clock())
         self._commit()
+        return new
 
     def selection(self) -> dict[str, int]:
         return self.core.selection()

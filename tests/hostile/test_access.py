@@ -147,3 +147,26 @@ async def test_server_refuses_devices_without_the_jobs_token(
         r = await client.post("/task", params={"job_id": job_id}, json={}, headers=user_info)
         assert r.status_code == 200
         assert runtime.statistics().devices_known == 1
+
+
+async def test_selection_needs_the_jobs_token_too(start_server: Any, tmp_path: Path) -> None:
+    """/selection reveals the selection and registers devices: a protected job's token policy
+    applies to it as to the device routes."""
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('[jobs.xor_et]\ntokens = ["s3cret"]\n')
+    server = await start_server(access_file=tokens)
+    (runtime,) = server.runtimes
+    query = {"job_id": runtime.job_id}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10.0) as client:
+        for headers in (
+            {"X-Flare-Device-ID": "sim?20"},
+            {"X-Flare-Device-ID": "sim?20", "Authorization": "Bearer wrong"},
+        ):
+            r = await client.post("/selection", params=query, json={}, headers=headers)
+            assert r.status_code == 403, r.text
+            assert r.json()["status"] == "INVALID_REQUEST"
+        assert runtime.statistics().devices_known == 0
+        good = {"X-Flare-Device-ID": "sim?20", "Authorization": "Bearer s3cret"}
+        r = await client.post("/selection", params=query, json={}, headers=good)
+        assert (r.status_code, r.json()["status"]) == (200, "OK")
+        assert runtime.statistics().devices_known == 20

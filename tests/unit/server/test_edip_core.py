@@ -535,3 +535,79 @@ async def test_edge_v1_prefix_is_served_too(serve_job: Callable[..., Any]) -> No
     s = await serve_job()
     status, reply, _ = s.request("POST", "/edge/v1/job", headers=android_headers(), body=JOB_BODY)
     assert (status, reply["status"]) == (200, "OK")
+
+
+def _selection(s: Served, device_id: str) -> tuple[int, Any]:
+    status, reply, _ = s.request(
+        "POST",
+        "/selection",
+        headers={"X-Flare-Device-ID": device_id},
+        query={"job_id": s.job_id},
+        body=b"{}",
+    )
+    return status, reply
+
+
+async def test_selection_range_is_bounded_per_request(serve_job: Callable[..., Any]) -> None:
+    s = await serve_job(settings={"selection_max_range": 50})
+    for device_id in ("sim?51", "sim?0", "sim?1000000000000", "?5", "sim?x"):
+        status, reply = _selection(s, device_id)
+        assert (status, reply["status"]) == (400, "INVALID_REQUEST"), device_id
+        assert "1..50" in reply["message"]
+    assert s.runtime.statistics().devices_known == 0
+    assert _selection(s, "sim?50")[0] == 200
+    assert s.runtime.statistics().devices_known == 50
+
+
+async def test_selection_ranges_are_bounded_per_job(serve_job: Callable[..., Any]) -> None:
+    s = await serve_job(settings={"selection_max_range": 600, "selection_max_devices": 1000})
+    assert _selection(s, "a?600")[0] == 200
+    assert _selection(s, "a?600")[0] == 200  # the same devices again: nothing new
+    assert s.runtime.core.range_devices == 600
+    status, reply = _selection(s, "b?401")
+    assert (status, reply["status"]) == (403, "INVALID_REQUEST")
+    assert "selection_max_devices (1000)" in reply["message"]
+    assert s.runtime.statistics().devices_known == 600
+    assert _selection(s, "b?400")[0] == 200
+    assert s.runtime.statistics().devices_known == s.runtime.core.range_devices == 1000
+    # Polling devices are not simulated ones: they are never refused.
+    assert _task(s, android_headers())["status"] in ("OK", "RETRY")
+    assert s.runtime.statistics().devices_known == 1001
+    # The count is durable: it comes back with the job's other counters.
+    assert s.store.job_row(s.job_id).counters["range_devices"] == 1000
+
+
+async def test_selection_range_registers_in_steps_without_blocking(
+    serve_job: Callable[..., Any],
+) -> None:
+    """Through ``handle_async`` (what both front ends call) a range is registered in steps of
+    SELECTION_CHUNK devices with a checkpoint between them: another task runs in between."""
+    import trio
+
+    from edgefl._app import SELECTION_CHUNK
+
+    s = await serve_job(settings={"selection_max_range": 5 * SELECTION_CHUNK})
+    seen: list[int] = []
+    done = trio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen.append(s.runtime.statistics().devices_known)
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await trio.lowlevel.checkpoint()
+        response = await s.core.handle_async(
+            "POST",
+            "/selection",
+            {"job_id": s.job_id},
+            {"x-flare-device-id": f"sim?{5 * SELECTION_CHUNK}"},
+            b"{}",
+        )
+        done.set()
+    assert response.status == 200
+    assert s.runtime.statistics().devices_known == 5 * SELECTION_CHUNK
+    between = {n for n in seen if 0 < n < 5 * SELECTION_CHUNK}
+    assert len(between) >= 2  # the watcher ran while the range was half registered
+    assert all(n % SELECTION_CHUNK == 0 for n in between)
