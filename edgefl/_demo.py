@@ -117,6 +117,10 @@ def build_recipe(
         device_manager_config=DeviceManagerConfig(
             device_selection_size=concurrency,
             min_hole_to_fill=1,
+            # simulated devices answer in well under a second: a silent one (--dropout) loses
+            # its slot after 10 s and leaves the pool after 30 s
+            task_timeout=10.0,
+            device_ttl=30.0,
         ),
         evaluator_config=None if eval_data is None else EvaluatorConfig(dataset=eval_data),
         simulation_config=SimulationConfig(
