@@ -79,6 +79,7 @@ from protocol import (
     TaskData,
     TaskDelivered,
     TaskReply,
+    TicketExpired,
     decode_tensor_map,
     expiry_event,
     resolve_platform,
@@ -513,12 +514,11 @@ class JobCore:
             return TaskReply(status=Status.DONE, job_id=job_id)
         session = self._touch(identity, now, remembered)
         platform = session.platform
-        if (
-            session.state is SessionState.SELECTED
-            and self.published_version > 0
-            and (cookie is None or cookie.device_selection_id != session.ticket)
-        ):
+        unseen = cookie is None or cookie.device_selection_id != session.ticket
+        if session.state is SessionState.SELECTED and self.published_version > 0 and unseen:
             return self._deliver(session, now)
+        if session.state is SessionState.TRAINING and unseen:
+            return self._redeliver(session, now)
         if self.published_version == 0:
             message = MSG_NOT_READY
         else:
@@ -607,6 +607,52 @@ class JobCore:
             self._changes.append(PutJobState(counters=dict(self._counters)))
         self._fill(now)
         return new
+
+    def _redeliver(self, session: DeviceSession, now: float) -> TaskReply:
+        """A device training on a task polls with a cookie that is not that task's: the ``/task``
+        reply carrying the task never reached it (it would otherwise sit parked until
+        ``task_timeout``). Send the same task again while its version is the published one;
+        otherwise close it unreported (a late report for it is discarded as ``expired``) and
+        hand the device a fresh task of the published version under a new ticket."""
+        ticket, task_id, version = session.ticket, session.task_id, session.task_version
+        assert ticket is not None
+        assert task_id is not None
+        assert version is not None
+        if version == self.published_version:
+            log_event(
+                _log,
+                "task_resent",
+                job=self.config.job_id,
+                device=session.device_id,
+                task=task_id,
+                version=version,
+                ticket=ticket,
+            )
+            return TaskReply(
+                status=Status.OK,
+                job_id=self.config.job_id,
+                retry_wait=0,
+                task_id=task_id,
+                task_name=TASK_NAME,
+                task_data=self._task_data[session.platform],
+                cookie=Cookie(model_version=version, device_selection_id=ticket),
+            )
+        session = self._apply(session, TicketExpired(now=now))
+        self._changes.append(CloseTask(task_id, "expired", now))
+        log_event(
+            _log,
+            "task_replaced",
+            job=self.config.job_id,
+            device=session.device_id,
+            task=task_id,
+            version=version,
+            published=self.published_version,
+        )
+        new_ticket = self._next_ticket
+        self._next_ticket += 1
+        session = self._apply(session, Selected(ticket=new_ticket, now=now))
+        self._changes.append(PutJobState(next_ticket=self._next_ticket))
+        return self._deliver(session, now)
 
     def _deliver(self, session: DeviceSession, now: float) -> TaskReply:
         ticket = session.ticket

@@ -182,6 +182,40 @@ async def test_phones_train_the_received_program_and_advance_the_model(tmp_path:
         handle.shutdown()
 
 
+async def test_a_lost_task_reply_is_sent_again(tmp_path: Path) -> None:
+    """The /task reply carrying a task never reaches the phone: its next poll (with the cookie
+    it had before, here none) gets the same task at once instead of RETRY until task_timeout,
+    and its report of that task is accepted."""
+    async with trio.open_nursery() as nursery:
+        handle: ServerHandle = await nursery.start(serve, _settings(tmp_path))
+        async with (
+            httpx.AsyncClient(base_url=handle.url) as android,
+            httpx.AsyncClient(base_url=handle.url) as ios,
+        ):
+            job_id, lost, _ = await _join_and_get_tasks(android, ios)
+            again = await _poll(android, android_headers(), job_id)
+            assert again["status"] == "OK"
+            assert (again["task_id"], again["cookie"]) == (lost["task_id"], lost["cookie"])
+            assert again["task_data"] == lost["task_data"]
+            # Once the phone holds the task's cookie, polling parks it as before.
+            parked = await _poll(android, android_headers(), job_id, lost["cookie"])
+            assert (parked["status"], parked["cookie"]) == ("RETRY", lost["cookie"])
+            delta = {
+                k: np.full(v.shape, 0.25, np.float32)
+                for k, v in handle.runtimes[0].core.weights.items()
+            }
+            reply = await _report(
+                android,
+                android_headers(),
+                job_id,
+                again,
+                result_body(delta, cookie=again["cookie"]),
+            )
+            assert reply == {"status": "OK", "task_id": lost["task_id"], "task_name": "train"}
+            assert handle.runtimes[0].statistics().updates_accepted == 1
+        handle.shutdown()
+
+
 async def test_graceful_shutdown_drains_uploads_and_persists(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     release = trio.Event()

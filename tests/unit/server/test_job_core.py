@@ -149,10 +149,50 @@ def test_training_device_polling_again_keeps_its_task_and_gets_its_cookie(store:
     assert again.status is Status.RETRY
     assert again.message == "Device not selected"
     assert again.cookie == task.cookie
-    without_cookie = d.poll("a")  # a lost cookie does not hand out a second task
-    assert without_cookie.status is Status.RETRY
-    assert without_cookie.cookie == task.cookie
     assert d.core.session("a").task_id == task.task_id
+
+
+def test_lost_task_reply_is_sent_again(store: Store) -> None:
+    """The device polls with an older cookie (or none): it never saw its task. It gets the very
+    same task again (task id, ticket, version), not a second one and not RETRY."""
+    d = CoreDriver(store, schema=P, weights=W0, k=5)
+    task = d.task("a")
+    tasks_before = store.open_tasks(d.job_id)
+    older = Cookie(model_version=1, device_selection_id=task.cookie.device_selection_id - 1)
+    for cookie in (None, older):
+        again = d.poll("a", cookie=cookie)
+        assert again.status is Status.OK
+        assert (again.task_id, again.cookie, again.task_data) == (
+            task.task_id,
+            task.cookie,
+            task.task_data,
+        )
+    assert store.open_tasks(d.job_id) == tasks_before
+    assert d.report("a", task.task_id, {"p": [0.5, 0.5]}).message is None
+    assert d.core.statistics().updates_accepted == 1
+
+
+def test_lost_task_reply_of_an_old_version_is_replaced(store: Store) -> None:
+    """Once a newer version is published the unseen task is closed unreported (a late report of
+    it is discarded as expired) and the device gets a fresh task of the published version."""
+    d = CoreDriver(store, schema=P, weights=W0, k=1, device_selection_size=4)
+    lost = d.task("a")
+    _advance(d, ["b"])
+    d.publish()
+    assert d.core.version == d.core.published_version == 2
+    fresh = d.poll("a", cookie=None)
+    assert fresh.status is Status.OK
+    assert fresh.task_id != lost.task_id
+    assert fresh.cookie.model_version == 2
+    assert fresh.cookie.device_selection_id > lost.cookie.device_selection_id
+    assert d.store.task(d.job_id, lost.task_id).status == "expired"
+    assert [t.task_id for t in store.open_tasks(d.job_id)].count(fresh.task_id) == 1
+    assert lost.task_id not in {t.task_id for t in store.open_tasks(d.job_id)}
+    assert d.report("a", lost.task_id, {"p": [9.0, 9.0]}).message == "expired report discarded"
+    assert d.core.version == 2  # never aggregated
+    assert d.report("a", fresh.task_id, ZERO).message is None
+    assert d.core.version == 3
+    assert d.core.statistics().updates_discarded["expired"] == 1
 
 
 def test_reselected_device_gets_a_new_ticket_not_a_dead_slot(store: Store) -> None:
