@@ -498,7 +498,7 @@ class SimulationConfig:
     )
     num_devices: int = attrs.field(default=1000, converter=_int_or_none, validator=_int_at_least(1))
     num_workers: int = attrs.field(default=10, converter=_int_or_none, validator=_int_at_least(1))
-    trainer: str = attrs.field(default="eager", validator=_plugin_name)
+    trainer: str = attrs.field(default="executorch", validator=_plugin_name)
     trainer_args: Mapping[str, object] = attrs.field(
         factory=dict, converter=_freeze_table, validator=_json_table
     )

@@ -165,7 +165,7 @@ def test_bad_config_values_are_refused_naming_the_field(make: Any, match: str) -
 def test_simulation_config_defaults_and_settings() -> None:
     config = SimulationConfig(task_processor=None)
     assert (config.job_timeout, config.num_devices, config.num_workers) == (60.0, 1000, 10)
-    assert config.trainer == "eager"
+    assert config.trainer == "executorch"
     assert "task_processor" not in config.settings()
     processor = object()
     assert SimulationConfig(task_processor=processor).task_processor is processor
