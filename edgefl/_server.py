@@ -50,11 +50,24 @@ if TYPE_CHECKING:
 
     from plugins._registry import Registry
 
-__all__ = ["ServerHandle", "ServerStartError", "add_arguments", "find_job_folders", "run", "serve"]
+__all__ = [
+    "CONNECTION_CLOSE_GRACE",
+    "ServerHandle",
+    "ServerStartError",
+    "add_arguments",
+    "find_job_folders",
+    "run",
+    "serve",
+]
 
 _log = logging.getLogger("edgefl.server")
 
 JOB_FILE: Final = "job.toml"
+
+CONNECTION_CLOSE_GRACE: Final = 0.5
+"""Seconds hypercorn gives open connections once the drain is over and the listeners close (the
+replies of requests that came in during the drain are written by then; idle keep-alive
+connections are closed at the end of it)."""
 
 
 class ServerStartError(RuntimeError):
@@ -128,7 +141,11 @@ def _hypercorn_config(settings: Settings) -> Config:
     if settings.tls_cert is not None and settings.tls_key is not None:
         config.certfile = str(settings.tls_cert)
         config.keyfile = str(settings.tls_key)
-    config.graceful_timeout = settings.graceful_timeout
+    # Our drain already waited (up to settings.graceful_timeout) for every in-flight request;
+    # what hypercorn waits for after that is only connections, and an idle keep-alive connection
+    # that went through the quart-trio app is not closed by hypercorn's shutdown signal: it would
+    # hold the whole shutdown for the full graceful_timeout (phones keep such connections open).
+    config.graceful_timeout = min(settings.graceful_timeout, CONNECTION_CLOSE_GRACE)
     config.keep_alive_timeout = settings.keep_alive_timeout
     config.read_timeout = 60  # a client that stops sending for a minute is dropped
     config.accesslog = None

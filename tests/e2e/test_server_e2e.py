@@ -289,6 +289,76 @@ async def test_graceful_shutdown_drains_uploads_and_persists(tmp_path: Path) -> 
         store.close()
 
 
+async def test_idle_keep_alive_connections_do_not_hold_shutdown(tmp_path: Path) -> None:
+    """A phone's idle keep-alive connection (here one whose last request went through the
+    quart-trio app) is closed at shutdown; the drain still waits for an in-flight upload."""
+    settings = _settings(tmp_path, graceful_timeout=60.0)
+    release = trio.Event()
+    upload: dict[str, httpx.Response] = {}
+    with trio.fail_after(30):  # the bug held the shutdown for graceful_timeout (60 s)
+        async with trio.open_nursery() as nursery:
+            handle: ServerHandle = await nursery.start(serve, settings)
+            port = int(handle.url.rsplit(":", 1)[1])
+            idle = await trio.open_tcp_stream("127.0.0.1", port)
+            await idle.send_all(b"GET /healthz HTTP/1.1\r\nHost: phone\r\n\r\n")
+            head = await idle.receive_some(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+            async with (
+                httpx.AsyncClient(base_url=handle.url) as android,
+                httpx.AsyncClient(base_url=handle.url) as ios,
+            ):
+                job_id, task, _ = await _join_and_get_tasks(android, ios)
+                delta = {
+                    k: np.full(v.shape, 0.25, np.float32)
+                    for k, v in handle.runtimes[0].core.weights.items()
+                }
+                payload = orjson.dumps(
+                    result_body(delta, cookie=task["cookie"]), option=orjson.OPT_SERIALIZE_NUMPY
+                )
+
+                async def slow_body() -> AsyncIterator[bytes]:
+                    yield payload[:100]
+                    await release.wait()
+                    yield payload[100:]
+
+                async def send_upload() -> None:
+                    upload["response"] = await android.post(
+                        "/result",
+                        params={"job_id": job_id, "task_id": task["task_id"], "task_name": "train"},
+                        headers=android_headers(),
+                        content=slow_body(),
+                    )
+
+                await handle.core.wait_idle()
+                async with trio.open_nursery() as uploads:
+                    uploads.start_soon(send_upload)
+                    while handle.core.in_flight == 0:  # noqa: ASYNC110
+                        await trio.sleep(0.005)
+                    handle.shutdown()
+                    while not handle.core.draining:  # noqa: ASYNC110
+                        await trio.sleep(0.005)
+                    release.set()
+            # serve() returns once the upload is answered, without waiting for the idle
+            # connection (the nursery exits only when serve() has returned).
+        assert await _read_to_eof(idle) == b""  # the server closed it
+        await idle.aclose()
+    assert upload["response"].status_code == 200
+    assert upload["response"].json() == {
+        "status": "OK",
+        "task_id": task["task_id"],
+        "task_name": "train",
+    }
+
+
+async def _read_to_eof(stream: trio.SocketStream) -> bytes:
+    """What is left of the last reply: everything up to the end of the stream minus its body
+    (returns b"" when the stream ends right after a complete reply)."""
+    rest = b""
+    while chunk := await stream.receive_some(65536):
+        rest += chunk
+    return rest if rest.startswith(b"HTTP/") else b""
+
+
 def _job_ids(store: Store) -> list[str]:
     return [r[0] for r in store._db.execute("SELECT job_id FROM jobs")]
 
