@@ -99,7 +99,7 @@ MAX_SIMULATED_DEVICES: Final = 100_000
 
 SELECTION_CHUNK: Final = 256
 """Devices a ``/selection`` range registers per step. Each step is one committed core step (about
-15 ms for 256 devices); between steps the event loop serves other requests."""
+11 ms for 256 devices); between steps the event loop serves other requests."""
 
 _PREFIX: Final = "/edge/v1"  # feg.yaml's base path, also accepted (EDIP §1.1)
 _METHODS: Final[Mapping[str, frozenset[str]]] = {
