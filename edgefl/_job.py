@@ -722,14 +722,18 @@ class JobCore:
             return attrs.evolve(ok, message=f"{reason} report discarded")
         version = session.task_version
         assert version is not None
+        # A report status other than OK, or a result of kind "error" (iOS sends one when it cannot
+        # load the model or data set), is a failure the device reports: never aggregated.
+        failure = None
         if report.status != Status.OK.value:
+            failure = "missing result or bad status"
+        elif report.result.kind == "error":
+            failure = "device reported an error (result kind 'error')"
+        if failure is not None:
             self._close(session, task_id, "failed", now)
             self._discard("failed", device_id, task_id, version)
             return ResultReply(
-                status=Status.ERROR,
-                task_id=task_id,
-                task_name=report.task_name,
-                message="missing result or bad status",
+                status=Status.ERROR, task_id=task_id, task_name=report.task_name, message=failure
             )
         history = self.config.max_model_history
         if history is not None and self.version - version >= history:

@@ -233,6 +233,7 @@ class CoreDriver:
         form: TensorForm = "android",
         status: str = "OK",
         data: Mapping[str, object] | None = None,
+        kind: str = "number",
     ) -> ResultReply:
         arrays = {k: np.asarray(v, dtype=np.float32) for k, v in delta.items()}
         report = ResultReport(
@@ -241,7 +242,7 @@ class CoreDriver:
             task_name="train",
             status=status,
             result=RawResult(
-                kind="number", data=encode_tensor_map(arrays, form) if data is None else data
+                kind=kind, data=encode_tensor_map(arrays, form) if data is None else data
             ),
         )
         record = None

@@ -375,6 +375,27 @@ def test_device_failure_status_gets_error(store: Store) -> None:
     assert d.core.statistics().updates_discarded["failed"] == 1
 
 
+@pytest.mark.parametrize(
+    "data",
+    [None, {"error": "cannot load the model"}],
+    ids=["usable-tensors", "ios-error-payload"],
+)
+def test_result_kind_error_gets_error_and_is_never_aggregated(
+    store: Store, data: dict[str, object] | None
+) -> None:
+    # EDIP 6.4: a result of kind "error" is a device-reported failure, even when its data would
+    # decode as tensors; iOS sends {"kind": "error", "data": {"error": ...}}.
+    d = CoreDriver(store, schema=P, weights=W0, k=1)
+    task = d.task("a")
+    reply = d.report("a", task.task_id, {"p": [1.0, 1.0]}, kind="error", data=data)
+    assert reply.status is Status.ERROR
+    assert reply.message == "device reported an error (result kind 'error')"
+    stats = d.core.statistics()
+    assert (stats.updates_accepted, stats.updates_pending, stats.version) == (0, 0, 1)
+    assert stats.updates_discarded["failed"] == 1
+    assert store.count_pending(d.job_id) == 0
+
+
 @pytest.mark.parametrize("form", ["android", "ios", "python", "cbor"])
 def test_every_device_form_is_accepted(store: Store, form: str) -> None:
     d = CoreDriver(
