@@ -462,9 +462,10 @@ def check_model(
     _refuse_unsupported_layers(model)
     if not _trainable(model):
         raise ExportError("device_model has no trainable parameters")
-    x, y = _example_inputs(input_shape, output_shape)
     probe = copy.deepcopy(model)  # the forward must not touch the user's model (e.g. lazy init)
     try:
+        # Inside the try: shapes too large to allocate (or past int64) fail here, not in forward.
+        x, y = _example_inputs(input_shape, output_shape)
         with torch.no_grad():
             out = probe(x, y)
     except Exception as exc:  # the user's forward may raise anything

@@ -326,6 +326,16 @@ def test_a_valid_recipe_builds_its_spec() -> None:
         ({"device_model": Tiny()}, TypeError, "device_model must be an edgefl.DeviceModel"),
         ({"input_shape": (8, -4)}, ValueError, "input_shape"),
         ({"input_shape": (8, 5)}, ValueError, r"input_shape \(8, 5\).*do not fit the model"),
+        (  # the probe inputs cannot even be allocated: still a ValueError naming the shapes
+            {"input_shape": (10**12, 4), "output_shape": (10**12,)},
+            ValueError,
+            r"input_shape \(1000000000000, 4\).*do not fit the model",
+        ),
+        (
+            {"input_shape": (2**70, 4), "output_shape": (2**70,)},
+            ValueError,
+            r"input_shape \(1180591620717411303424, 4\).*do not fit the model",
+        ),
         ({"output_shape": (7,)}, ValueError, r"output_shape\[0\] \(7\) must equal input_shape"),
         ({"output_shape": "8"}, ValueError, "output_shape"),
         (
