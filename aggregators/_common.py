@@ -24,6 +24,7 @@ __all__ = [
     "add_into",
     "check_delta",
     "check_fraction",
+    "check_not_newer",
     "check_number",
     "copy_weights",
     "load_velocity",
@@ -51,6 +52,18 @@ def _all_finite(array: np.ndarray) -> bool:
         with np.errstate(over="ignore", invalid="ignore"):
             array = array.astype(np.float32)
     return bool(np.isfinite(array).all())
+
+
+def check_not_newer(version: int, current_version: int) -> None:
+    """Refuse an update trained from a version the server has not published yet.
+
+    Raises:
+        ValueError: ``version`` is newer than ``current_version``.
+    """
+    if version > current_version:
+        raise ValueError(
+            f"update.version {version} is newer than the current version {current_version}"
+        )
 
 
 def check_delta(delta: Mapping[str, np.ndarray], schema: Schema | None) -> Schema:

@@ -25,6 +25,7 @@ from aggregators._common import (
     Schema,
     add_into,
     check_delta,
+    check_not_newer,
     check_number,
     server_step,
     zeros_for,
@@ -131,11 +132,7 @@ class FedAsync:
             ValueError: the update's version is newer than ``current_version`` or its tensors
                 are unusable; nothing changes.
         """
-        if update.version > current_version:
-            raise ValueError(
-                f"update.version {update.version} is newer than the current version "
-                f"{current_version}"
-            )
+        check_not_newer(update.version, current_version)
         schema = check_delta(update.delta, self._schema)
         self._schema = schema
         if self._mixed is None:

@@ -24,6 +24,7 @@ from aggregators._common import (
     add_into,
     check_delta,
     check_fraction,
+    check_not_newer,
     load_velocity,
     server_step,
     velocity_state,
@@ -76,11 +77,7 @@ class FedAvg:
             ValueError: the update's version is newer than ``current_version`` or its tensors
                 are unusable; nothing changes.
         """
-        if update.version > current_version:
-            raise ValueError(
-                f"update.version {update.version} is newer than the current version "
-                f"{current_version}"
-            )
+        check_not_newer(update.version, current_version)
         schema = check_delta(update.delta, self._schema)
         self._schema = schema
         if self._sums is None:

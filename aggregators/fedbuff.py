@@ -36,6 +36,7 @@ from aggregators._common import (
     add_into,
     check_delta,
     check_fraction,
+    check_not_newer,
     check_number,
     load_velocity,
     server_step,
@@ -197,11 +198,7 @@ class FedBuff:
             ValueError: the update's version is newer than ``current_version`` or older than the
                 ``max_model_history`` cut-off, or its tensors are unusable; nothing changes.
         """
-        if update.version > current_version:
-            raise ValueError(
-                f"update.version {update.version} is newer than the current version "
-                f"{current_version}"
-            )
+        check_not_newer(update.version, current_version)
         history = self.settings.max_model_history
         if history is not None and current_version - update.version >= history:
             raise ValueError(
